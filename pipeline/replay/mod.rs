@@ -1,0 +1,1 @@
+//! Replay of real intake traffic (being written).
