@@ -255,13 +255,17 @@ mod tests {
     use crate::model::{TechnicianRoster, UnassignedReason};
 
     fn codec() -> Codec {
-        Codec::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas"))).expect("schemas load")
+        Codec::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas")))
+            .expect("schemas load")
     }
 
     #[test]
     fn work_order_round_trips() {
         let c = codec();
-        for order in [samples::work_order("WO-1", "S1", "hvac"), samples::preventive_order("WO-2", "S1")] {
+        for order in [
+            samples::work_order("WO-1", "S1", "hvac"),
+            samples::preventive_order("WO-2", "S1"),
+        ] {
             let bytes = c.encode_work_order(&order).expect("encodes");
             assert_eq!(c.decode_work_order(&bytes).expect("decodes"), order);
         }
@@ -310,7 +314,10 @@ mod tests {
         let bytes = c.encode_dead_letter(&d).expect("encodes");
         let back = c.decode_dead_letter(&bytes).expect("decodes");
         assert_eq!(back, d);
-        assert_eq!(back.original_value.as_deref(), Some(&[0xde, 0xad, 0xbe, 0xef][..]));
+        assert_eq!(
+            back.original_value.as_deref(),
+            Some(&[0xde, 0xad, 0xbe, 0xef][..])
+        );
     }
 
     #[test]
@@ -318,14 +325,20 @@ mod tests {
         // Hand-check the first fields against the Avro spec: int schema_version
         // 1 zig-zags to 0x02, then the order id as a length-prefixed string.
         let c = codec();
-        let bytes = c.encode_work_order(&samples::work_order("WO-1", "S1", "hvac")).expect("encodes");
+        let bytes = c
+            .encode_work_order(&samples::work_order("WO-1", "S1", "hvac"))
+            .expect("encodes");
         assert_eq!(&bytes[..6], &[0x02, 0x08, b'W', b'O', b'-', b'1']);
     }
 
     #[test]
     fn garbage_is_a_decode_error_not_a_panic() {
         let c = codec();
-        for bytes in [&b""[..], b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", b"hello world, not avro"] {
+        for bytes in [
+            &b""[..],
+            b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",
+            b"hello world, not avro",
+        ] {
             assert!(c.decode_work_order(bytes).is_err(), "{bytes:?}");
         }
     }
@@ -333,9 +346,14 @@ mod tests {
     #[test]
     fn trailing_bytes_are_rejected() {
         let c = codec();
-        let mut bytes = c.encode_work_order(&samples::work_order("WO-1", "S1", "hvac")).expect("encodes");
+        let mut bytes = c
+            .encode_work_order(&samples::work_order("WO-1", "S1", "hvac"))
+            .expect("encodes");
         bytes.extend_from_slice(b"extra");
-        let err = c.decode_work_order(&bytes).expect_err("trailing").to_string();
+        let err = c
+            .decode_work_order(&bytes)
+            .expect_err("trailing")
+            .to_string();
         assert!(err.contains("trailing"), "{err}");
     }
 

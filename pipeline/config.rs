@@ -232,10 +232,12 @@ impl RouterConfig {
         base: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
-            origin: origin.to_string(),
-            message: e.message().to_string(),
-        })?;
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    origin: origin.to_string(),
+                    message: e.message().to_string(),
+                })?;
         let mut overridden = Vec::new();
         for (var, value) in env {
             let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
@@ -297,23 +299,28 @@ impl RouterConfig {
             }
         }
 
-        let schemas_dir = base.join(
-            raw.router
-                .schemas_dir
-                .ok_or_else(|| invalid("router.schemas_dir", "missing: the directory holding the .avsc files"))?,
-        );
+        let schemas_dir = base.join(raw.router.schemas_dir.ok_or_else(|| {
+            invalid(
+                "router.schemas_dir",
+                "missing: the directory holding the .avsc files",
+            )
+        })?);
         if !schemas_dir.is_dir() {
             return Err(invalid(
                 "router.schemas_dir",
                 format!("{} is not a directory", schemas_dir.display()),
             ));
         }
-        let topology = base.join(
-            raw.router
-                .topology
-                .ok_or_else(|| invalid("router.topology", "missing: the path of the topology TOML file"))?,
-        );
-        let commit_ms = raw.router.commit_interval_ms.unwrap_or(DEFAULT_COMMIT_INTERVAL_MS);
+        let topology = base.join(raw.router.topology.ok_or_else(|| {
+            invalid(
+                "router.topology",
+                "missing: the path of the topology TOML file",
+            )
+        })?);
+        let commit_ms = raw
+            .router
+            .commit_interval_ms
+            .unwrap_or(DEFAULT_COMMIT_INTERVAL_MS);
         if !(10..=60_000).contains(&commit_ms) {
             return Err(invalid(
                 "router.commit_interval_ms",
@@ -410,7 +417,9 @@ fn parse_scalar(raw: &str) -> toml::Value {
     // become typed values; anything else is taken literally as a string.
     match format!("v = {raw}").parse::<toml::Table>() {
         Ok(mut t) => match t.remove("v") {
-            Some(v @ (toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Float(_))) => v,
+            Some(
+                v @ (toml::Value::Integer(_) | toml::Value::Boolean(_) | toml::Value::Float(_)),
+            ) => v,
             _ => toml::Value::String(raw.to_string()),
         },
         Err(_) => toml::Value::String(raw.to_string()),
@@ -418,7 +427,9 @@ fn parse_scalar(raw: &str) -> toml::Value {
 }
 
 fn set_path(table: &mut toml::Table, parts: &[String], value: toml::Value) {
-    let (last, sections) = parts.split_last().expect("caller checked at least two parts");
+    let (last, sections) = parts
+        .split_last()
+        .expect("caller checked at least two parts");
     let mut current = table;
     for section in sections {
         let entry = current
@@ -479,14 +490,20 @@ mod tests {
     fn missing_bootstrap_is_named() {
         let text = GOOD.replace("bootstrap_servers = \"127.0.0.1:9092\"", "");
         let err = parse(&text, &[]).expect_err("missing").to_string();
-        assert!(err.contains("kafka.bootstrap_servers") && err.contains("missing"), "{err}");
+        assert!(
+            err.contains("kafka.bootstrap_servers") && err.contains("missing"),
+            "{err}"
+        );
     }
 
     #[test]
     fn zero_max_orders_is_rejected() {
         let text = GOOD.replace("max_orders = 5", "max_orders = 0");
         let err = parse(&text, &[]).expect_err("zero").to_string();
-        assert!(err.contains("window.max_orders") && err.contains('0'), "{err}");
+        assert!(
+            err.contains("window.max_orders") && err.contains('0'),
+            "{err}"
+        );
     }
 
     #[test]
@@ -509,7 +526,10 @@ mod tests {
         let err = parse(GOOD, &[("CMMS_ROUTER__WINDOW__MAX_ODERS", "7")])
             .expect_err("unknown")
             .to_string();
-        assert!(err.contains("max_oders") && err.contains("CMMS_ROUTER__WINDOW__MAX_ODERS"), "{err}");
+        assert!(
+            err.contains("max_oders") && err.contains("CMMS_ROUTER__WINDOW__MAX_ODERS"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -525,6 +545,9 @@ mod tests {
         // `[kafka.client]` after `[window]` re-opens the kafka table, which TOML allows.
         let c = parse(&text, &[]).expect("valid");
         let shown = format!("{:?}", c.kafka);
-        assert!(!shown.contains("hunter2") && shown.contains("***"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("***"),
+            "{shown}"
+        );
     }
 }

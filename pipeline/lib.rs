@@ -11,14 +11,14 @@
 
 pub mod codec;
 pub mod config;
-// pub mod dead_letter;
-// pub mod dispatch;
-// pub mod http;
-// pub mod intake;
+pub mod dead_letter;
+pub mod dispatch;
+pub mod http;
+pub mod intake;
 pub mod model;
 pub mod replay;
-// pub mod router;
-// pub mod routing;
-// pub mod telemetry;
+pub mod router;
+pub mod routing;
+pub mod telemetry;
 pub mod topology;
-// pub mod window;
+pub mod window;

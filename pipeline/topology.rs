@@ -9,9 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rdkafka::admin::{
-    AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication,
-};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -171,7 +169,10 @@ impl Topology {
         if raw.app_id.trim().is_empty() || !raw.app_id.chars().all(legal_topic_char) {
             return Err(invalid(
                 "app_id".into(),
-                format!("{:?} must be non-empty and use only letters, digits, '.', '_' and '-'", raw.app_id),
+                format!(
+                    "{:?} must be non-empty and use only letters, digits, '.', '_' and '-'",
+                    raw.app_id
+                ),
             ));
         }
         if raw.replication_factor < 1 {
@@ -222,10 +223,16 @@ impl Topology {
             let route = match (t.route.as_deref(), t.topic) {
                 (Some("fallback"), None) => TradeRoute::Fallback,
                 (Some("fallback"), Some(_)) => {
-                    return Err(invalid(key("topic"), "a trade routed to the fallback has no topic of its own".into()))
+                    return Err(invalid(
+                        key("topic"),
+                        "a trade routed to the fallback has no topic of its own".into(),
+                    ))
                 }
                 (Some(other), _) => {
-                    return Err(invalid(key("route"), format!("{other:?} is not a route: the only one is \"fallback\"")))
+                    return Err(invalid(
+                        key("route"),
+                        format!("{other:?} is not a route: the only one is \"fallback\""),
+                    ))
                 }
                 (None, Some(name)) => {
                     let partitions = t.partitions.unwrap_or(input.partitions);
@@ -238,11 +245,17 @@ impl Topology {
                     TradeRoute::Topic(name)
                 }
                 (None, None) => {
-                    return Err(invalid(key("topic"), "missing: give the trade a topic, or route = \"fallback\"".into()))
+                    return Err(invalid(
+                        key("topic"),
+                        "missing: give the trade a topic, or route = \"fallback\"".into(),
+                    ))
                 }
             };
             if trades.insert(t.code.clone(), route).is_some() {
-                return Err(invalid(key("code"), format!("{:?} is declared twice", t.code)));
+                return Err(invalid(
+                    key("code"),
+                    format!("{:?} is declared twice", t.code),
+                ));
             }
         }
         if trades.is_empty() {
@@ -263,7 +276,10 @@ impl Topology {
         let mut seen = BTreeSet::new();
         for t in topology.router_topics() {
             if t.name == topology.input.name && seen.contains(&t.name) {
-                return Err(invalid("input.name".into(), format!("{:?} is also an output topic", t.name)));
+                return Err(invalid(
+                    "input.name".into(),
+                    format!("{:?} is also an output topic", t.name),
+                ));
             }
             seen.insert(t.name.clone());
         }
@@ -387,7 +403,10 @@ pub async fn reconcile(
             Some(&partitions) => {
                 let mut diffs = Vec::new();
                 if partitions != spec.partitions {
-                    diffs.push(format!("{partitions} partitions, declared {}", spec.partitions));
+                    diffs.push(format!(
+                        "{partitions} partitions, declared {}",
+                        spec.partitions
+                    ));
                 }
                 let results = admin
                     .describe_configs([&ResourceSpecifier::Topic(&spec.name)], &opts)
@@ -466,7 +485,10 @@ mod tests {
     use super::*;
 
     fn shipped() -> Topology {
-        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/topology/topology.toml"));
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/topology/topology.toml"
+        ));
         Topology::load(path).expect("shipped topology is valid")
     }
 
@@ -475,7 +497,10 @@ mod tests {
         let t = shipped();
         assert_eq!(t.dedup_changelog.partitions, t.input.partitions);
         assert_eq!(t.dedup_changelog.config["cleanup.policy"], "compact");
-        assert_eq!(t.route("hvac"), Some(&TradeRoute::Topic("cmms.dispatch.hvac".into())));
+        assert_eq!(
+            t.route("hvac"),
+            Some(&TradeRoute::Topic("cmms.dispatch.hvac".into()))
+        );
         assert_eq!(t.route("non_building"), Some(&TradeRoute::Fallback));
         assert_eq!(t.route("astrology"), None);
     }
@@ -491,18 +516,30 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/topology/topology.toml"))
-            .expect("readable");
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/topology/topology.toml"
+        ))
+        .expect("readable");
         let zero = text.replacen("partitions = 6", "partitions = 0", 1);
-        let err = Topology::parse(&zero, Path::new("t.toml")).expect_err("zero").to_string();
-        assert!(err.contains("`input`") && err.contains("0 partitions"), "{err}");
+        let err = Topology::parse(&zero, Path::new("t.toml"))
+            .expect_err("zero")
+            .to_string();
+        assert!(
+            err.contains("`input`") && err.contains("0 partitions"),
+            "{err}"
+        );
 
         let dup = format!("{text}\n[[trades]]\ncode = \"hvac\"\ntopic = \"x\"\n");
-        let err = Topology::parse(&dup, Path::new("t.toml")).expect_err("dup").to_string();
+        let err = Topology::parse(&dup, Path::new("t.toml"))
+            .expect_err("dup")
+            .to_string();
         assert!(err.contains("declared twice"), "{err}");
 
         let typo = text.replacen("app_id", "appid", 1);
-        let err = Topology::parse(&typo, Path::new("t.toml")).expect_err("typo").to_string();
+        let err = Topology::parse(&typo, Path::new("t.toml"))
+            .expect_err("typo")
+            .to_string();
         assert!(err.contains("appid"), "{err}");
     }
 }

@@ -98,7 +98,7 @@ cmd_fetch() {
   fi
   require_cmd mvn "install Maven (apt-get install maven)"
   require_cmd java "install a JDK 17+ (apt-get install openjdk-17-jdk-headless)"
-  local started tmp mvn_args=(-B -q -Dstyle.color=never -f "$POM")
+  local started tmp mvn_args=(-B -q -f "$POM")
   started=$(now_us)
   if [[ -n "${KAFKA_MVN_REPO:-}" ]]; then
     mvn_args+=("-Dmaven.repo.local=$KAFKA_MVN_REPO")
@@ -108,8 +108,11 @@ cmd_fetch() {
   # Copy into a scratch dir and swap it in, so an interrupted fetch never
   # leaves a half-filled libs/ that looks complete.
   tmp=$(mktemp -d "$CACHE/libs.tmp.XXXXXX")
+  # Debian's Maven 3.8 prints bare colour resets even with -B -q; strip them
+  # so a quiet fetch is really quiet. pipefail keeps mvn's exit status.
   if ! mvn "${mvn_args[@]}" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$tmp" >&2; then
+    -DincludeScope=runtime -DoutputDirectory="$tmp" 2>&1 |
+    sed 's/\x1b\[[0-9;]*m//g' >&2; then
     rm -rf "$tmp"
     die "maven could not resolve the broker jars (see the output above)"
   fi

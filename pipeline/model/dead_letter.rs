@@ -23,6 +23,17 @@ pub enum DeadLetterReason {
 }
 
 impl DeadLetterReason {
+    /// Every reason, for iterating over labels.
+    pub const ALL: [Self; 7] = [
+        Self::Undecodable,
+        Self::MissingOrderId,
+        Self::MissingSite,
+        Self::UnknownTrade,
+        Self::DeadlineBeforeCreation,
+        Self::InvalidField,
+        Self::Other,
+    ];
+
     /// Stable lowercase label for metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {
