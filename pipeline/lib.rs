@@ -21,4 +21,5 @@ pub mod router;
 pub mod routing;
 pub mod telemetry;
 pub mod topology;
+pub mod watch;
 pub mod window;

@@ -5,6 +5,7 @@
 //! `config check` (validate configuration without touching Kafka). Errors
 //! reach the user here with their context; the library below stays typed.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use cmms_router::replay::{self, Progress, Source};
 use cmms_router::router::{self, Health};
 use cmms_router::telemetry::{now_millis, Metrics};
 use cmms_router::topology::{self, TopicStatus, Topology};
+use cmms_router::watch::{self, Emitted};
 use rdkafka::producer::FutureProducer;
 use tracing_subscriber::EnvFilter;
 
@@ -55,6 +57,9 @@ enum Command {
     },
     /// Produce real maintenance requests from a CSV to the input topic.
     Replay(ReplayArgs),
+    /// Print the packets and dead letters on the output topics, as a
+    /// downstream connector sees them (read_committed), with per-trade totals.
+    Watch(WatchArgs),
     /// Validate configuration, topology and schemas without connecting.
     Config {
         #[command(subcommand)]
@@ -74,6 +79,18 @@ enum TopologyAction {
 enum ConfigAction {
     /// Load and validate everything, print a summary.
     Check(ConfigArg),
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Stop after this many seconds without a new record; 0 follows forever.
+    #[arg(long, default_value_t = 0)]
+    idle_exit: u64,
+    /// Print only the per-trade totals at the end, not a line per record.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -135,7 +152,8 @@ fn init_logging(format: LogFormat, filter: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -166,6 +184,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             topology_cmd(&arg.config, create).await
         }
         Command::Replay(args) => replay_cmd(args).await,
+        Command::Watch(args) => watch_cmd(args).await,
         Command::Config {
             action: ConfigAction::Check(arg),
         } => {
@@ -342,6 +361,72 @@ async fn replay_cmd(args: ReplayArgs) -> Result<ExitCode> {
     );
     for (trade, n) in &report.per_trade {
         println!("  {trade:<16} {n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn watch_cmd(args: WatchArgs) -> Result<ExitCode> {
+    let Loaded {
+        config,
+        topology,
+        codec,
+    } = load(&args.config.config)?;
+    init_logging(config.log_format, "warn");
+    let client = base_client_config(&config.kafka);
+    let idle = (args.idle_exit > 0).then(|| std::time::Duration::from_secs(args.idle_exit));
+    let quiet = args.quiet;
+    let totals = tokio::task::spawn_blocking(move || {
+        let mut orders: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+        let mut dead: std::collections::BTreeMap<String, u64> = Default::default();
+        watch::follow(&client, &topology, &codec, idle, |emitted| {
+            match emitted {
+                Emitted::Packet(p) => {
+                    let entry = orders.entry(p.trade.clone()).or_default();
+                    entry.0 += 1;
+                    entry.1 += p.orders.len() as u64;
+                    if !quiet {
+                        let ids: Vec<&str> =
+                            p.orders.iter().map(|o| o.order.order_id.as_str()).collect();
+                        println!(
+                            "{:<14} {:<11} {:<9} site={} orders={} close={:?} batch={} [{}]",
+                            p.trade,
+                            format!("{:?}", p.destination),
+                            format!("{:?}", p.tier),
+                            p.site_id,
+                            p.orders.len(),
+                            p.close_reason,
+                            &p.batch_id[..8],
+                            ids.join(" ")
+                        );
+                    }
+                }
+                Emitted::DeadLetter(d) => {
+                    *dead.entry(d.reason.as_str().to_string()).or_default() += 1;
+                    if !quiet {
+                        println!(
+                            "DEAD-LETTER    {:<24} p{}@{} {}",
+                            d.reason.as_str(),
+                            d.source_partition,
+                            d.source_offset,
+                            d.detail
+                        );
+                    }
+                }
+                Emitted::Foreign { topic, error } => println!("FOREIGN        {topic}: {error}"),
+            }
+            true
+        })
+        .map(|()| (orders, dead))
+    })
+    .await
+    .context("watch task failed")??;
+    let (orders, dead) = totals;
+    println!("--- totals (read_committed) ---");
+    for (trade, (packets, n)) in &orders {
+        println!("  {trade:<16} {n:>6} orders in {packets:>5} packets");
+    }
+    for (reason, n) in &dead {
+        println!("  dead letters {reason:<24} {n:>6}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -31,8 +31,10 @@ use std::str::FromStr;
 use crate::model::NormalizedWorkOrder;
 
 pub use pace::InvalidRate;
-pub use produce::{produce, producer_config, ReplayError, ReplayReport, CONTENT_TYPE};
-pub use progress::Progress;
+pub use produce::{
+    produce, producer_config, ReplayError, ReplayReport, CONTENT_TYPE, DELIVERY_CHUNK,
+};
+pub use progress::{Progress, LOG_EVERY};
 
 /// Trade given to requests that are not building maintenance (street,
 /// parking, noise, sanitation, ...). The topology routes it to the fallback

@@ -142,7 +142,7 @@ pub(super) fn convert<R: Read>(input: R) -> Result<Vec<NormalizedWorkOrder>, Loa
     let file_start = table
         .rows
         .iter()
-        .filter_map(|r| parse_date(&r[0]))
+        .filter_map(|r| r.first().and_then(|date| parse_date(date)))
         .min()
         .unwrap_or(0);
     Ok(table

@@ -2,7 +2,7 @@
 //!
 //! Records are keyed and encoded as intake would: key = site id, value = the
 //! plain Avro datum, a `content-type` header naming the schema. Sends are
-//! paced by [`Pacer`](super::pace::Pacer) and never awaited one by one:
+//! paced by a fixed schedule (see `pace`) and never awaited one by one:
 //! delivery futures are collected and settled [`DELIVERY_CHUNK`] at a time,
 //! so librdkafka can batch. Any failed delivery stops the replay with an
 //! error naming the order; a replay that reports success delivered every

@@ -1,0 +1,29 @@
+# The same commands CI runs (.ci/run), for local use.
+.PHONY: setup test lint fmt bench demo broker-start broker-stop
+
+setup:
+	scripts/setup.sh
+
+# Every test; starts the local broker when none answers.
+test:
+	scripts/test.sh
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --locked --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+bench:
+	cargo bench --locked --bench pipeline
+
+# Broker, topology, router and a replay of real NYC 311 traffic.
+demo:
+	scripts/demo.sh
+
+broker-start:
+	scripts/kafka-local.sh start
+
+broker-stop:
+	scripts/kafka-local.sh stop

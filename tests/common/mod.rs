@@ -1,0 +1,398 @@
+//! Shared plumbing for the integration tests: each test gets its own topics,
+//! consumer group and transactional id on the real local broker, runs a
+//! router in-process, and checks the outcome with an independent
+//! read_committed consumer.
+//!
+//! The broker address comes from `CMMS_TEST_BOOTSTRAP` (default
+//! 127.0.0.1:9092); `scripts/kafka-local.sh start` (or `.ci/run`) starts one.
+
+#![allow(dead_code)] // Each test binary uses a different part of this module.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cmms_router::codec::Codec;
+use cmms_router::config::RouterConfig;
+use cmms_router::model::{DeadLetter, DispatchBatch, NormalizedWorkOrder};
+use cmms_router::router::{self, Health, RouterError, RunSummary};
+use cmms_router::telemetry::Metrics;
+use cmms_router::topology::{self, Topology};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The broker the tests use.
+pub fn bootstrap() -> String {
+    std::env::var("CMMS_TEST_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
+}
+
+/// A unique, readable id for this test's Kafka names.
+pub fn unique(label: &str) -> String {
+    format!(
+        "t-{label}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}
+
+/// Loads the shipped schemas.
+pub fn codec() -> Arc<Codec> {
+    Arc::new(Codec::load(&repo().join("schemas")).expect("shipped schemas load"))
+}
+
+/// One test's world: its own topics, group, transactional id and temp dir.
+pub struct World {
+    pub id: String,
+    pub dir: tempfile::TempDir,
+    pub topology: Arc<Topology>,
+    pub codec: Arc<Codec>,
+    pub input_partitions: i32,
+}
+
+impl World {
+    /// Creates the test's topics on the broker (input with `partitions` partitions).
+    pub async fn new(label: &str, partitions: i32) -> Self {
+        let id = unique(label);
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The shipped trade map, with every topic name made unique.
+        let text = format!(
+            r#"
+app_id = "{id}"
+replication_factor = 1
+[input]
+name = "{id}.in"
+partitions = {partitions}
+[roster]
+name = "{id}.roster"
+partitions = 1
+[dead_letter]
+name = "{id}.dlq"
+partitions = 1
+[vendor_desk]
+name = "{id}.vendor"
+partitions = 1
+[fallback]
+name = "{id}.fallback"
+partitions = 1
+[[trades]]
+code = "hvac"
+topic = "{id}.hvac"
+partitions = 2
+[[trades]]
+code = "plumbing"
+topic = "{id}.plumbing"
+partitions = 2
+[[trades]]
+code = "electrical"
+topic = "{id}.electrical"
+partitions = 1
+[[trades]]
+code = "elevator"
+topic = "{id}.elevator"
+partitions = 1
+[[trades]]
+code = "general"
+topic = "{id}.general"
+partitions = 1
+[[trades]]
+code = "non_building"
+route = "fallback"
+"#
+        );
+        let path = dir.path().join("topology.toml");
+        std::fs::write(&path, text).expect("write topology");
+        let topology = Topology::load(&path).expect("test topology is valid");
+        let reports = topology::reconcile(&topology, &client(), true)
+            .await
+            .expect("topics created");
+        assert!(
+            reports
+                .iter()
+                .all(|r| r.status == topology::TopicStatus::Created),
+            "{reports:?}"
+        );
+        Self {
+            id,
+            dir,
+            topology: Arc::new(topology),
+            codec: codec(),
+            input_partitions: partitions,
+        }
+    }
+
+    /// Router config for this world with the given window.
+    pub fn config(&self, max_orders: usize, max_wait_ms: u64) -> RouterConfig {
+        let text = format!(
+            r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+group_id = "{id}-group"
+transactional_id = "{id}-router"
+transaction_timeout_ms = 30000
+[router]
+schemas_dir = "{schemas}"
+topology = "{topology}"
+commit_interval_ms = 100
+[window]
+max_orders = {max_orders}
+max_wait_ms = {max_wait_ms}
+[http]
+listen = "off"
+"#,
+            bootstrap = bootstrap(),
+            id = self.id,
+            schemas = repo().join("schemas").display(),
+            topology = self.dir.path().join("topology.toml").display(),
+        );
+        RouterConfig::from_toml(&text, "test", Path::new("/"), std::iter::empty())
+            .expect("test config is valid")
+    }
+
+    /// Starts a router in this process.
+    pub fn start(&self, config: RouterConfig) -> RunningRouter {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let metrics = Metrics::new();
+        let health = Arc::new(Health::default());
+        let handle = tokio::spawn(router::run(
+            config,
+            self.topology.clone(),
+            self.codec.clone(),
+            metrics.clone(),
+            health.clone(),
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        RunningRouter {
+            stop: Some(stop_tx),
+            handle,
+            metrics,
+            health,
+        }
+    }
+
+    /// A producer for the input topic.
+    pub fn producer(&self) -> FutureProducer {
+        client()
+            .set("enable.idempotence", "true")
+            .create()
+            .expect("producer")
+    }
+
+    /// Sends an order keyed by its site; returns (partition, offset).
+    pub async fn send_order(
+        &self,
+        producer: &FutureProducer,
+        order: &NormalizedWorkOrder,
+    ) -> (i32, i64) {
+        let bytes = self.codec.encode_work_order(order).expect("encode");
+        let key = order
+            .site_id
+            .clone()
+            .unwrap_or_else(|| order.order_id.clone());
+        self.send_raw(producer, Some(key.as_bytes()), &bytes).await
+    }
+
+    /// Sends raw bytes to the input; returns (partition, offset).
+    pub async fn send_raw(
+        &self,
+        producer: &FutureProducer,
+        key: Option<&[u8]>,
+        value: &[u8],
+    ) -> (i32, i64) {
+        let mut record = FutureRecord::to(&self.topology.input.name).payload(value);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        let delivery = producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("delivered");
+        (delivery.partition, delivery.offset)
+    }
+
+    /// Every trade, vendor and fallback topic.
+    pub fn dispatch_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self
+            .topology
+            .router_topics()
+            .into_iter()
+            .map(|t| t.name.clone())
+            .filter(|n| {
+                n != &self.topology.input.name
+                    && n != &self.topology.dead_letter.name
+                    && n != &self.topology.roster.name
+                    && n != &self.topology.dedup_changelog.name
+            })
+            .collect();
+        topics.sort();
+        topics
+    }
+
+    /// Reads packets (topic, packet) with read_committed until `want` orders
+    /// were seen in total, or `timeout`.
+    pub fn read_packets(
+        &self,
+        want_orders: usize,
+        timeout: Duration,
+    ) -> Vec<(String, DispatchBatch)> {
+        let topics = self.dispatch_topics();
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let mut out = Vec::new();
+        let mut orders = 0;
+        read_committed(&refs, timeout, |topic, _key, value| {
+            let batch = self
+                .codec
+                .decode_dispatch(value)
+                .expect("packets are valid DispatchBatch datums");
+            orders += batch.orders.len();
+            out.push((topic.to_string(), batch));
+            orders >= want_orders
+        });
+        out
+    }
+
+    /// Reads dead letters with read_committed until `want` or `timeout`.
+    pub fn read_dead_letters(&self, want: usize, timeout: Duration) -> Vec<DeadLetter> {
+        let mut out = Vec::new();
+        read_committed(
+            &[self.topology.dead_letter.name.as_str()],
+            timeout,
+            |_, _, value| {
+                out.push(
+                    self.codec
+                        .decode_dead_letter(value)
+                        .expect("dead letters are valid DeadLetter datums"),
+                );
+                out.len() >= want
+            },
+        );
+        out
+    }
+
+    /// Offsets the router's group has committed on the input, per partition.
+    pub fn committed_offsets(&self) -> BTreeMap<i32, Option<i64>> {
+        let consumer: BaseConsumer = client()
+            .set("group.id", format!("{}-group", self.id))
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.input_partitions {
+            tpl.add_partition(&self.topology.input.name, p);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        committed
+            .elements()
+            .iter()
+            .map(|e| {
+                let off = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                (e.partition(), off)
+            })
+            .collect()
+    }
+
+    /// End offsets (high watermarks) of the input partitions.
+    pub fn input_end_offsets(&self) -> BTreeMap<i32, i64> {
+        let consumer: BaseConsumer = client().create().expect("consumer");
+        (0..self.input_partitions)
+            .map(|p| {
+                let (_, high) = consumer
+                    .fetch_watermarks(&self.topology.input.name, p, Duration::from_secs(10))
+                    .expect("watermarks");
+                (p, high)
+            })
+            .collect()
+    }
+}
+
+/// Client config pointing at the test broker.
+pub fn client() -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap());
+    c
+}
+
+/// Reads `topics` from the beginning with an independent read_committed
+/// consumer, calling `on_record(topic, key, value)` until it returns true
+/// or `timeout` passes.
+pub fn read_committed(
+    topics: &[&str],
+    timeout: Duration,
+    mut on_record: impl FnMut(&str, Option<&[u8]>, &[u8]) -> bool,
+) {
+    let consumer: BaseConsumer = client()
+        .set("group.id", unique("reader"))
+        .set("isolation.level", "read_committed")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader");
+    consumer.subscribe(topics).expect("subscribe");
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let value = m.payload().unwrap_or_default();
+                if on_record(m.topic(), m.key(), value) {
+                    return;
+                }
+            }
+            Some(Err(e)) => panic!("reader error: {e}"),
+            None => {}
+        }
+    }
+}
+
+/// A router running in the test process.
+pub struct RunningRouter {
+    stop: Option<oneshot::Sender<()>>,
+    pub handle: JoinHandle<Result<RunSummary, RouterError>>,
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+}
+
+impl RunningRouter {
+    /// Waits until the router has partitions assigned.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.health.is_ready() {
+            assert!(
+                Instant::now() < deadline,
+                "router not ready after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Asks the router to shut down gracefully and waits for it.
+    pub async fn stop(mut self) -> RunSummary {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("router stops within 60 s")
+            .expect("router task did not panic")
+            .expect("router stopped without error")
+    }
+
+    /// Whether the loop is still running.
+    pub fn is_running(&self) -> bool {
+        !self.handle.is_finished()
+    }
+}
