@@ -38,6 +38,10 @@ const BATCH: usize = 20;
 struct Fixture {
     codec: Codec,
     topology: Topology,
+    /// The shipped routing matrix.
+    routing: routing::RoutingConfig,
+    /// One on-shift technician per trade of the batch at its site.
+    roster: routing::StaticRoster,
     /// One encoded work order.
     one: Vec<u8>,
     /// A site's batch of encoded orders, mixed trades and classes.
@@ -69,9 +73,18 @@ fn fixture() -> Fixture {
             codec.encode_work_order(&order).expect("sample encodes")
         })
         .collect();
+    let roster = routing::StaticRoster::new(
+        ["hvac", "plumbing", "electrical", "general"]
+            .into_iter()
+            .map(|trade| samples::technician(&format!("T-{trade}"), "SITE-1", trade)),
+    );
+    let routing = routing::RoutingConfig::load(&repo.join("topology/routing.toml"))
+        .expect("routing config loads");
     Fixture {
         codec,
         topology,
+        routing,
+        roster,
         one,
         batch,
         garbage: b"{\"order_id\": \"WO-1\", \"note\": \"JSON sent to an Avro topic\"}".to_vec(),
@@ -94,7 +107,15 @@ fn full_batch(f: &Fixture, now: Instant) -> usize {
         else {
             continue;
         };
-        for packet in routing::route_batch(closed, 0, &f.topology) {
+        for packet in routing::route_batch(
+            closed,
+            0,
+            &f.topology,
+            &f.roster,
+            &mut routing::DispatchHistory::default(),
+            &f.routing,
+            samples::MONDAY_8AM,
+        ) {
             produced += f
                 .codec
                 .encode_dispatch(&packet.batch)

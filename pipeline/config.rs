@@ -75,6 +75,10 @@ struct RawConfig {
     #[serde(default)]
     window: RawWindow,
     #[serde(default)]
+    state: RawState,
+    #[serde(default)]
+    dedup: RawDedup,
+    #[serde(default)]
     http: RawHttp,
     #[serde(default)]
     log: RawLog,
@@ -97,6 +101,7 @@ struct RawKafka {
 struct RawRouter {
     schemas_dir: Option<PathBuf>,
     topology: Option<PathBuf>,
+    routing: Option<PathBuf>,
     commit_interval_ms: Option<u64>,
 }
 
@@ -105,6 +110,19 @@ struct RawRouter {
 struct RawWindow {
     max_orders: Option<i64>,
     max_wait_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDedup {
+    max_ttl_ms: Option<u64>,
+    expiry_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -165,6 +183,17 @@ pub struct WindowConfig {
     pub max_wait: Duration,
 }
 
+/// Local state and its expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateConfig {
+    /// RocksDB directory of this instance; rebuilt from the changelogs when lost.
+    pub dir: PathBuf,
+    /// Longest time a dedup entry is kept, whatever the order's SLA window.
+    pub dedup_max_ttl: Duration,
+    /// How often expired dedup entries are swept (and tombstoned in the changelog).
+    pub expiry_interval: Duration,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -183,10 +212,14 @@ pub struct RouterConfig {
     pub schemas_dir: PathBuf,
     /// Topology file (topics and trade map).
     pub topology: PathBuf,
+    /// Routing matrix file (weights, thresholds); `None` uses the built-in defaults.
+    pub routing: Option<PathBuf>,
     /// How often staged output is committed in one transaction.
     pub commit_interval: Duration,
     /// Site batching limits.
     pub window: WindowConfig,
+    /// Local state stores.
+    pub state: StateConfig,
     /// Address of the metrics and health endpoint; `None` disables it.
     pub http_listen: Option<SocketAddr>,
     /// Log format.
@@ -202,6 +235,10 @@ const DEFAULT_COMMIT_INTERVAL_MS: u64 = 200;
 const DEFAULT_MAX_ORDERS: i64 = 20;
 /// Long enough to gather a site's burst, short enough for a same-hour SLA.
 const DEFAULT_MAX_WAIT_MS: u64 = 5_000;
+/// A week: longer than any SLA window we have seen, short enough to bound the store.
+const DEFAULT_DEDUP_MAX_TTL_MS: u64 = 7 * 24 * 3_600_000;
+/// Sweeping every 10 s keeps tombstones flowing without a scan per commit.
+const DEFAULT_EXPIRY_INTERVAL_MS: u64 = 10_000;
 /// librdkafka's default transaction timeout.
 const DEFAULT_TRANSACTION_TIMEOUT_MS: u64 = 60_000;
 
@@ -259,7 +296,8 @@ impl RouterConfig {
                     } else {
                         format!("{origin} with overrides {}", overridden.join(", "))
                     },
-                    message: e.message().to_string(),
+                    // Display names the key path ("in `window.max_wait_ms`").
+                    message: e.to_string().trim_end().to_string(),
                 })?;
         Self::validate(raw, base)
     }
@@ -317,6 +355,7 @@ impl RouterConfig {
                 "missing: the path of the topology TOML file",
             )
         })?);
+        let routing = raw.router.routing.map(|p| base.join(p));
         let commit_ms = raw
             .router
             .commit_interval_ms
@@ -346,6 +385,36 @@ impl RouterConfig {
             return Err(invalid(
                 "window.max_wait_ms",
                 format!("{max_wait_ms} is out of range: use 1 ms to 24 h (86400000)"),
+            ));
+        }
+
+        let state_dir = base.join(raw.state.dir.ok_or_else(|| {
+            invalid(
+                "state.dir",
+                "missing: the directory for this instance's local state (RocksDB)",
+            )
+        })?);
+        if state_dir.exists() && !state_dir.is_dir() {
+            return Err(invalid(
+                "state.dir",
+                format!("{} exists and is not a directory", state_dir.display()),
+            ));
+        }
+        let max_ttl_ms = raw.dedup.max_ttl_ms.unwrap_or(DEFAULT_DEDUP_MAX_TTL_MS);
+        if !(1_000..=366 * 24 * 3_600_000).contains(&max_ttl_ms) {
+            return Err(invalid(
+                "dedup.max_ttl_ms",
+                format!("{max_ttl_ms} is out of range: use 1000 (1 s) to 31622400000 (366 days)"),
+            ));
+        }
+        let expiry_ms = raw
+            .dedup
+            .expiry_interval_ms
+            .unwrap_or(DEFAULT_EXPIRY_INTERVAL_MS);
+        if !(100..=3_600_000).contains(&expiry_ms) {
+            return Err(invalid(
+                "dedup.expiry_interval_ms",
+                format!("{expiry_ms} is out of range: use 100 to 3600000 (1 h)"),
             ));
         }
 
@@ -379,11 +448,17 @@ impl RouterConfig {
             },
             schemas_dir,
             topology,
+            routing,
             commit_interval: Duration::from_millis(commit_ms),
             window: WindowConfig {
                 // In range 1..=10_000 checked above.
                 max_orders: max_orders as usize,
                 max_wait: Duration::from_millis(max_wait_ms),
+            },
+            state: StateConfig {
+                dir: state_dir,
+                dedup_max_ttl: Duration::from_millis(max_ttl_ms),
+                expiry_interval: Duration::from_millis(expiry_ms),
             },
             http_listen,
             log_format,
@@ -394,7 +469,8 @@ impl RouterConfig {
 
 /// librdkafka properties the router sets itself; overriding them would break
 /// the exactly-once protocol.
-const OWNED_CLIENT_KEYS: [&str; 7] = [
+const OWNED_CLIENT_KEYS: [&str; 8] = [
+    "group.instance.id",
     "bootstrap.servers",
     "group.id",
     "transactional.id",
@@ -462,6 +538,8 @@ mod tests {
         [window]
         max_orders = 5
         max_wait_ms = 1500
+        [state]
+        dir = "target/test-state"
     "#;
 
     fn parse(text: &str, env: &[(&str, &str)]) -> Result<RouterConfig, ConfigError> {
@@ -504,6 +582,15 @@ mod tests {
             err.contains("window.max_orders") && err.contains('0'),
             "{err}"
         );
+    }
+
+    #[test]
+    fn mistyped_value_names_its_key() {
+        let text = GOOD.replace("max_wait_ms = 1500", "max_wait_ms = \"soon\"");
+        let err = parse(&text, &[])
+            .expect_err("string for a number")
+            .to_string();
+        assert!(err.contains("max_wait_ms") && err.contains("soon"), "{err}");
     }
 
     #[test]

@@ -15,13 +15,14 @@
 //! librdkafka's transaction calls block, so they run on tokio's blocking
 //! pool, never on a runtime worker.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::TopicPartitionList;
 
 use crate::config::KafkaConfig;
@@ -32,12 +33,25 @@ use crate::telemetry::Metrics;
 pub struct Outbound {
     /// Destination topic.
     pub topic: String,
+    /// Explicit partition (changelogs are co-partitioned with the input);
+    /// `None` lets the producer partition by key.
+    pub partition: Option<i32>,
     /// Record key.
     pub key: Option<Vec<u8>>,
-    /// Avro datum.
-    pub payload: Vec<u8>,
+    /// Avro datum; `None` is a tombstone (compacted topics forget the key).
+    pub payload: Option<Vec<u8>>,
     /// Full name of the Avro record in `payload`, sent as a header.
     pub schema: &'static str,
+}
+
+/// What a committed transaction wrote.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// Time from begin to commit.
+    pub took: Duration,
+    /// Highest offset written per (topic, partition); changelog offsets are
+    /// recorded next to the local state they produced.
+    pub last_offsets: BTreeMap<(String, i32), i64>,
 }
 
 /// How a transaction failed.
@@ -166,11 +180,22 @@ impl Dispatcher {
         records: Vec<Outbound>,
         offsets: TopicPartitionList,
         group: ConsumerGroupMetadata,
-    ) -> Result<Duration, TxnError> {
+    ) -> Result<Committed, TxnError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.commit_blocking(records, &offsets, &group))
-            .await
-            .map_err(|e| join_failed("commit", e))?
+        let (took, deliveries) =
+            tokio::task::spawn_blocking(move || this.commit_blocking(records, &offsets, &group))
+                .await
+                .map_err(|e| join_failed("commit", e))??;
+        // The transaction committed, so every delivery has completed; these
+        // awaits only collect the offsets the broker assigned.
+        let mut last_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for (topic, delivery) in deliveries {
+            if let Ok(Ok(d)) = delivery.await {
+                let slot = last_offsets.entry((topic, d.partition)).or_insert(d.offset);
+                *slot = (*slot).max(d.offset);
+            }
+        }
+        Ok(Committed { took, last_offsets })
     }
 
     fn commit_blocking(
@@ -178,12 +203,12 @@ impl Dispatcher {
         records: Vec<Outbound>,
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
-    ) -> Result<Duration, TxnError> {
+    ) -> Result<(Duration, Vec<(String, DeliveryFuture)>), TxnError> {
         let started = Instant::now();
         self.step("begin_transaction", || self.producer.begin_transaction())?;
         let result = self.produce_and_commit(records, offsets, group);
         match result {
-            Ok(()) => Ok(started.elapsed()),
+            Ok(deliveries) => Ok((started.elapsed(), deliveries)),
             Err(TxnError::Abortable { operation, source }) => {
                 self.step("abort_transaction", || {
                     self.producer.abort_transaction(self.timeout)
@@ -199,24 +224,33 @@ impl Dispatcher {
         records: Vec<Outbound>,
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
-    ) -> Result<(), TxnError> {
+    ) -> Result<Vec<(String, DeliveryFuture)>, TxnError> {
+        let mut deliveries = Vec::with_capacity(records.len());
         for r in &records {
             let headers = OwnedHeaders::new().insert(Header {
                 key: "content-type",
                 value: Some(format!("application/avro; schema={}", r.schema).as_bytes()),
             });
-            let mut record = FutureRecord::to(&r.topic)
-                .payload(&r.payload)
-                .headers(headers);
+            let mut record: FutureRecord<'_, Vec<u8>, Vec<u8>> =
+                FutureRecord::to(&r.topic).headers(headers);
+            if let Some(payload) = &r.payload {
+                record = record.payload(payload);
+            }
             if let Some(key) = &r.key {
                 record = record.key(key);
+            }
+            if let Some(partition) = r.partition {
+                record = record.partition(partition);
             }
             let deadline = Instant::now() + self.timeout;
             loop {
                 match self.producer.send_result(record) {
                     // Delivery is confirmed by commit_transaction, which fails
                     // if any record of the transaction failed.
-                    Ok(_delivery) => break,
+                    Ok(delivery) => {
+                        deliveries.push((r.topic.clone(), delivery));
+                        break;
+                    }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                         if Instant::now() < deadline =>
                     {
@@ -246,7 +280,8 @@ impl Dispatcher {
         }
         self.step("commit_transaction", || {
             self.producer.commit_transaction(self.timeout)
-        })
+        })?;
+        Ok(deliveries)
     }
 
     /// Runs one transaction call, retrying retriable errors with backoff

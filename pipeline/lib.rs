@@ -6,8 +6,9 @@
 //! The modules follow the pipeline: [`intake`] decodes and validates,
 //! [`window`] batches per site, [`routing`] turns a closed batch into packets,
 //! [`dead_letter`] builds rejected records, [`dispatch`] owns the
-//! transactional producer, and [`router`] runs the loop that ties them
-//! together under the commit invariant described there.
+//! transactional producer, [`state`] keeps the dedup and roster stores in
+//! local RocksDB, and [`router`] runs the loop that ties them together under
+//! the commit invariant described there.
 
 pub mod codec;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod model;
 pub mod replay;
 pub mod router;
 pub mod routing;
+pub mod state;
 pub mod telemetry;
 pub mod topology;
 pub mod watch;

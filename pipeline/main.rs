@@ -17,6 +17,7 @@ use cmms_router::config::{LogFormat, RouterConfig};
 use cmms_router::dispatch::base_client_config;
 use cmms_router::replay::{self, Progress, Source};
 use cmms_router::router::{self, Health};
+use cmms_router::routing::RoutingConfig;
 use cmms_router::telemetry::{now_millis, Metrics};
 use cmms_router::topology::{self, TopicStatus, Topology};
 use cmms_router::watch::{self, Emitted};
@@ -133,16 +134,33 @@ fn parse_progress(s: &str) -> Result<Progress, String> {
 struct Loaded {
     config: RouterConfig,
     topology: Topology,
+    routing: RoutingConfig,
     codec: Codec,
 }
 
 fn load(path: &Path) -> Result<Loaded> {
     let config = RouterConfig::load(path)?;
-    let topology = Topology::load(&config.topology)?;
-    let codec = Codec::load(&config.schemas_dir)?;
+    let topology = Topology::load(&config.topology).with_context(|| {
+        format!(
+            "topology file {} (router.topology)",
+            config.topology.display()
+        )
+    })?;
+    let codec = Codec::load(&config.schemas_dir).with_context(|| {
+        format!(
+            "schemas in {} (router.schemas_dir)",
+            config.schemas_dir.display()
+        )
+    })?;
+    let routing = match &config.routing {
+        Some(path) => RoutingConfig::load(path)
+            .with_context(|| format!("routing file {} (router.routing)", path.display()))?,
+        None => RoutingConfig::default(),
+    };
     Ok(Loaded {
         config,
         topology,
+        routing,
         codec,
     })
 }
@@ -215,6 +233,7 @@ async fn run(path: &Path) -> Result<ExitCode> {
     let Loaded {
         config,
         topology,
+        routing,
         codec,
     } = load(path)?;
     init_logging(config.log_format, &config.log_filter);
@@ -228,15 +247,12 @@ async fn run(path: &Path) -> Result<ExitCode> {
         ),
         None => None,
     };
-    let summary = router::run(
-        config,
-        Arc::new(topology),
-        Arc::new(codec),
-        metrics,
-        health,
-        shutdown_signal(),
-    )
-    .await;
+    let parts = router::Parts {
+        topology: Arc::new(topology),
+        routing: Arc::new(routing),
+        codec: Arc::new(codec),
+    };
+    let summary = router::run(config, parts, metrics, health, shutdown_signal()).await;
     if let Some(task) = http {
         task.abort();
     }
@@ -310,6 +326,7 @@ async fn replay_cmd(args: ReplayArgs) -> Result<ExitCode> {
         config,
         topology,
         codec,
+        ..
     } = load(&args.config.config)?;
     init_logging(config.log_format, &config.log_filter);
     let file = match args.file {
@@ -370,6 +387,7 @@ async fn watch_cmd(args: WatchArgs) -> Result<ExitCode> {
         config,
         topology,
         codec,
+        ..
     } = load(&args.config.config)?;
     init_logging(config.log_format, "warn");
     let client = base_client_config(&config.kafka);

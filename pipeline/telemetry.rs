@@ -36,6 +36,11 @@ pub struct Metrics {
     retries: IntCounterVec,
     batch_age: HistogramVec,
     assigned_partitions: IntGauge,
+    duplicates: IntCounterVec,
+    dedup_expired: IntCounter,
+    restore_records: IntCounterVec,
+    restore_remaining: IntGaugeVec,
+    restore_duration: HistogramVec,
     consumer_lag: IntGaugeVec,
 }
 
@@ -182,6 +187,46 @@ impl Metrics {
                 )
                 .expect("static metric definition"),
             ),
+            duplicates: counter_vec(
+                &r,
+                "cmms_router_duplicates_total",
+                "Orders dropped because their order id was already held or dispatched.",
+                &["kind"],
+            ),
+            dedup_expired: counter(
+                &r,
+                "cmms_router_dedup_expired_total",
+                "Dedup entries expired (tombstoned in the changelog).",
+            ),
+            restore_records: counter_vec(
+                &r,
+                "cmms_router_restore_records_total",
+                "Changelog or roster records applied while restoring local state.",
+                &["store"],
+            ),
+            restore_remaining: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "cmms_router_restore_remaining_offsets",
+                        "Offsets left to read by the running restore (0 when none runs).",
+                    ),
+                    &["store"],
+                )
+                .expect("static metric definition"),
+            ),
+            restore_duration: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "cmms_router_restore_duration_seconds",
+                        "Time one restore took.",
+                    )
+                    .buckets(exponential_buckets(0.01, 2.0, 14).expect("valid buckets")),
+                    &["store"],
+                )
+                .expect("static metric definition"),
+            ),
             assigned_partitions: gauge(
                 &r,
                 "cmms_router_assigned_partitions",
@@ -324,6 +369,54 @@ impl Metrics {
     /// Partition assignment changed.
     pub fn assigned(&self, partitions: usize) {
         self.assigned_partitions.set(partitions as i64);
+    }
+
+    /// An order was dropped as a duplicate; `kind` is "held" (its original
+    /// waits in a batch) or "dispatched" (found in the dedup store).
+    pub fn duplicate(&self, partition: i32, order_id: &str, kind: &'static str) {
+        self.duplicates.with_label_values(&[kind]).inc();
+        tracing::debug!(partition, order_id, kind, "duplicate order dropped");
+    }
+
+    /// Expired dedup entries were tombstoned.
+    pub fn dedup_expired(&self, partition: i32, entries: usize) {
+        if entries > 0 {
+            self.dedup_expired.inc_by(entries as u64);
+            tracing::debug!(partition, entries, "dedup entries expired");
+        }
+    }
+
+    /// A restore is progressing.
+    pub fn restore_progress(&self, store: &'static str, records: u64, remaining_offsets: i64) {
+        self.restore_remaining
+            .with_label_values(&[store])
+            .set(remaining_offsets);
+        tracing::info!(store, records, remaining_offsets, "restoring local state");
+    }
+
+    /// A restore finished.
+    pub fn restored(&self, store: &'static str, records: u64, took: Duration) {
+        self.restore_records
+            .with_label_values(&[store])
+            .inc_by(records);
+        self.restore_remaining.with_label_values(&[store]).set(0);
+        self.restore_duration
+            .with_label_values(&[store])
+            .observe(took.as_secs_f64());
+        tracing::info!(
+            store,
+            records,
+            took_ms = took.as_millis() as u64,
+            "local state restored"
+        );
+    }
+
+    /// Current value of the duplicates counter, for tests.
+    pub fn duplicates_total(&self) -> u64 {
+        ["held", "dispatched"]
+            .iter()
+            .map(|k| self.duplicates.with_label_values(&[k]).get())
+            .sum()
     }
 
     /// Consumer lag of one partition, from librdkafka statistics.

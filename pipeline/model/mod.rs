@@ -9,6 +9,7 @@
 //! epoch (`i64`) so encoding never depends on a time zone.
 
 mod dead_letter;
+mod dedup_entry;
 mod dispatch;
 mod roster;
 mod work_order;
@@ -16,6 +17,7 @@ mod work_order;
 pub mod samples;
 
 pub use dead_letter::{DeadLetter, DeadLetterReason};
+pub use dedup_entry::DedupEntry;
 pub use dispatch::{
     Candidate, CloseReason, Destination, DispatchBatch, RoutedOrder, Score, Tier, UnassignedReason,
 };

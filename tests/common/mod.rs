@@ -15,8 +15,12 @@ use std::time::{Duration, Instant};
 
 use cmms_router::codec::Codec;
 use cmms_router::config::RouterConfig;
-use cmms_router::model::{DeadLetter, DispatchBatch, NormalizedWorkOrder};
+use cmms_router::model::{
+    samples, DeadLetter, DispatchBatch, NormalizedWorkOrder, TechnicianRoster,
+};
 use cmms_router::router::{self, Health, RouterError, RunSummary};
+use cmms_router::routing::RoutingConfig;
+use cmms_router::telemetry::now_millis;
 use cmms_router::telemetry::Metrics;
 use cmms_router::topology::{self, Topology};
 use rdkafka::config::ClientConfig;
@@ -121,23 +125,59 @@ route = "fallback"
                 .all(|r| r.status == topology::TopicStatus::Created),
             "{reports:?}"
         );
-        Self {
+        let world = Self {
             id,
             dir,
             topology: Arc::new(topology),
             codec: codec(),
             input_partitions: partitions,
-        }
+        };
+        // One technician on shift for every trade at the sites the tests
+        // use, so valid orders reach their trade topics; the roster tests
+        // use a site of their own (SITE-R) to control who is there.
+        let mut all = on_shift_now("T-ALL", "SITE-A", "hvac");
+        all.sites = ["A", "B", "D", "F", "N", "Q", "X"]
+            .iter()
+            .map(|s| format!("SITE-{s}"))
+            .chain((0..20).map(|i| format!("SITE-{i}")))
+            .collect();
+        all.trades = ["hvac", "plumbing", "electrical", "elevator", "general"]
+            .map(String::from)
+            .to_vec();
+        world.publish_roster("T-ALL", Some(&all)).await;
+        world
     }
 
-    /// Router config for this world with the given window.
-    pub fn config(&self, max_orders: usize, max_wait_ms: u64) -> RouterConfig {
-        let text = format!(
+    /// Publishes a roster entry (or a removal) to the world's roster topic.
+    pub async fn publish_roster(&self, id: &str, entry: Option<&TechnicianRoster>) {
+        let producer: FutureProducer = client().create().expect("producer");
+        let value = entry.map(|t| self.codec.encode_roster(t).expect("encode"));
+        let mut record: FutureRecord<'_, str, Vec<u8>> =
+            FutureRecord::to(&self.topology.roster.name).key(id);
+        if let Some(v) = &value {
+            record = record.payload(v);
+        }
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("roster record delivered");
+    }
+
+    /// Router config text for this world: the given window, state in
+    /// `state_dir`, transactional id suffix `instance` (one per process).
+    pub fn config_text(
+        &self,
+        max_orders: usize,
+        max_wait_ms: u64,
+        instance: &str,
+        state_dir: &Path,
+    ) -> String {
+        format!(
             r#"
 [kafka]
 bootstrap_servers = "{bootstrap}"
 group_id = "{id}-group"
-transactional_id = "{id}-router"
+transactional_id = "{id}-{instance}"
 transaction_timeout_ms = 30000
 [router]
 schemas_dir = "{schemas}"
@@ -146,6 +186,8 @@ commit_interval_ms = 100
 [window]
 max_orders = {max_orders}
 max_wait_ms = {max_wait_ms}
+[state]
+dir = "{state}"
 [http]
 listen = "off"
 "#,
@@ -153,6 +195,18 @@ listen = "off"
             id = self.id,
             schemas = repo().join("schemas").display(),
             topology = self.dir.path().join("topology.toml").display(),
+            state = state_dir.display(),
+        )
+    }
+
+    /// Router config for this world with the given window (in-process, state
+    /// in the world's temp dir).
+    pub fn config(&self, max_orders: usize, max_wait_ms: u64) -> RouterConfig {
+        let text = self.config_text(
+            max_orders,
+            max_wait_ms,
+            "router",
+            &self.dir.path().join("state"),
         );
         RouterConfig::from_toml(&text, "test", Path::new("/"), std::iter::empty())
             .expect("test config is valid")
@@ -163,10 +217,14 @@ listen = "off"
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let metrics = Metrics::new();
         let health = Arc::new(Health::default());
+        let parts = router::Parts {
+            topology: self.topology.clone(),
+            routing: Arc::new(RoutingConfig::default()),
+            codec: self.codec.clone(),
+        };
         let handle = tokio::spawn(router::run(
             config,
-            self.topology.clone(),
-            self.codec.clone(),
+            parts,
             metrics.clone(),
             health.clone(),
             async move {
@@ -318,6 +376,20 @@ listen = "off"
             })
             .collect()
     }
+}
+
+/// A technician on shift now (one hour in, eight to go) with a valid EPA608.
+pub fn on_shift_now(id: &str, site: &str, trade: &str) -> TechnicianRoster {
+    const HOUR: i64 = 3_600_000;
+    let now = now_millis();
+    let mut t = samples::technician(id, site, trade);
+    t.shift_start = Some(now - HOUR);
+    t.shift_end = Some(now + 8 * HOUR);
+    for c in &mut t.certifications {
+        c.expires_at = Some(now + 365 * 24 * HOUR);
+    }
+    t.updated_at = now;
+    t
 }
 
 /// Client config pointing at the test broker.
