@@ -37,6 +37,10 @@ topology = '{topology}'
 max_orders = 20
 max_wait_ms = 5000
 
+[state]
+# Relative to the config file's directory: the test's temp dir.
+dir = "state"
+
 [http]
 listen = "off"
 "#,
