@@ -31,7 +31,7 @@ COPY topology/ /app/topology/
 COPY config/ /app/config/
 # Run unprivileged; the router may keep local state (its stores) under /app,
 # so that user owns it.
-RUN chown -R cmms:cmms /app
+RUN mkdir -p /var/lib/cmms-router && chown -R cmms:cmms /app /var/lib/cmms-router
 USER cmms
 # Prometheus metrics.
 EXPOSE 9898
