@@ -85,6 +85,9 @@ pub enum RouterError {
     /// Local state failed; a restart restores it from the changelog.
     #[error("local state: {0}")]
     State(Box<StateError>),
+    /// The consumer failed fatally.
+    #[error("input consumer failed fatally: {0}; is another instance running with the same kafka.transactional_id (used as group.instance.id)?")]
+    Consumer(#[source] KafkaError),
     /// A background thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(#[source] std::io::Error),
@@ -270,7 +273,7 @@ async fn run_inner(
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                message = consumer.recv() => state.on_message(&consumer, message).await?,
+                message = consumer.recv() => state.on_message(message).await?,
                 _ = tick.tick() => state.on_tick(&consumer).await?,
             }
             state.on_rebalance(&consumer).await?;
@@ -318,11 +321,15 @@ impl Loop {
 
     async fn on_message(
         &mut self,
-        consumer: &StreamConsumer<RouterContext>,
         message: Result<BorrowedMessage<'_>, KafkaError>,
     ) -> Result<(), RouterError> {
         let message = match message {
             Ok(m) => m,
+            // librdkafka gives up on the consumer (e.g. another live member
+            // uses our static group.instance.id): nothing to retry.
+            Err(e @ KafkaError::MessageConsumptionFatal(_)) => {
+                return Err(RouterError::Consumer(e))
+            }
             Err(e) => {
                 // Consumer errors (broker down, transport) are recovered by
                 // librdkafka itself; count them and go on.
@@ -337,7 +344,7 @@ impl Loop {
         // assignment event is still queued): restore first. The borrowed
         // message cannot be held across the restore, so it is copied.
         let owned: OwnedMessage = message.detach();
-        self.restore(consumer, &[owned.partition()]).await?;
+        self.restore(&[owned.partition()]).await?;
         self.process(&owned)
     }
 
@@ -688,12 +695,7 @@ impl Loop {
 
     /// Restores the dedup state of `partitions` from the changelog (blocking
     /// work on the blocking pool) and takes ownership of them.
-    async fn restore(
-        &mut self,
-        consumer: &StreamConsumer<RouterContext>,
-        partitions: &[i32],
-    ) -> Result<(), RouterError> {
-        let _ = consumer;
+    async fn restore(&mut self, partitions: &[i32]) -> Result<(), RouterError> {
         for &partition in partitions {
             if self.dedup.owned().any(|p| p == partition) {
                 continue;
@@ -757,7 +759,7 @@ impl Loop {
                 RebalanceEvent::Assigned(partitions) => {
                     tracing::info!(?partitions, "partitions assigned; restoring their state");
                     self.health.set_ready(false);
-                    self.restore(consumer, &partitions).await?;
+                    self.restore(&partitions).await?;
                     self.health.set_ready(true);
                 }
             }
