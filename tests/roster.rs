@@ -98,7 +98,21 @@ async fn roster_changes_move_orders_and_survive_a_restart() {
         Some(UnassignedReason::OutsideShift)
     );
 
-    // T-2 joins with the certification: the next order is theirs.
+    // T-2 is on shift but their EPA608 has lapsed: still nobody, and the
+    // reason says why.
+    let mut lapsed = on_shift_now("T-2", "SITE-R");
+    for c in &mut lapsed.certifications {
+        c.expires_at = Some(now_millis() - HOUR);
+    }
+    publish(&world, &producer, "T-2", Some(&lapsed)).await;
+    settle().await;
+    let (_, packet) = route_one(&world, &producer, "R-3", 2).await;
+    assert_eq!(
+        packet.orders[0].unassigned_reason,
+        Some(UnassignedReason::CertificationExpired)
+    );
+
+    // The certification is renewed: the next order is T-2's.
     publish(
         &world,
         &producer,
@@ -107,7 +121,8 @@ async fn roster_changes_move_orders_and_survive_a_restart() {
     )
     .await;
     settle().await;
-    let (_, packet) = route_one(&world, &producer, "R-3", 2).await;
+    let (topic, packet) = route_one(&world, &producer, "R-3b", 3).await;
+    assert_eq!(topic, format!("{}.hvac", world.id));
     assert_eq!(packet.orders[0].candidates[0].technician_id, "T-2");
     router.stop().await;
 
@@ -120,7 +135,7 @@ async fn roster_changes_move_orders_and_survive_a_restart() {
         1,
         "a restart reads only the one record published while it was down"
     );
-    let (_, packet) = route_one(&world, &producer, "R-4", 3).await;
+    let (_, packet) = route_one(&world, &producer, "R-4", 4).await;
     assert!(
         packet.orders[0].candidates.is_empty(),
         "T-2's removal is visible after the restart"
