@@ -45,6 +45,16 @@ fn spawn(config: &Path, log: &Path) -> Process {
     }
 }
 
+impl Drop for Process {
+    fn drop(&mut self) {
+        // A failing assertion must not leave a router running past the test.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Process {
     fn kill_hard(&mut self) {
         // std's kill is SIGKILL: no flush, no commit, no goodbye to the group.
