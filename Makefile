@@ -15,8 +15,12 @@ lint:
 fmt:
 	cargo fmt --all
 
+# In-process hot path (criterion), restore of a 1M-record changelog, and
+# recovery after SIGKILL; the last two need the local broker.
 bench:
 	cargo bench --locked --bench pipeline
+	cargo bench --locked --bench restore
+	cargo bench --locked --bench recovery
 
 # Broker, topology, router and a replay of real NYC 311 traffic.
 demo:

@@ -115,8 +115,12 @@ fn plain_consume(topic: &str) -> (u64, Duration) {
         .set("isolation.level", "read_committed")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
+        // The restore consumer's fetch settings, so the two differ only in
+        // what is done with each record.
         .set("max.partition.fetch.bytes", "8388608")
         .set("fetch.max.bytes", "67108864")
+        .set("queued.min.messages", "1000000")
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .expect("consumer");
     let (_, high) = consumer
