@@ -337,3 +337,29 @@ async fn a_fenced_router_stops_with_an_error_and_its_successor_routes_exactly_on
         "nothing dispatched twice"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn life_safety_orders_take_the_fast_lane_past_an_open_batch() {
+    let world = World::new("fast-lane", 1).await;
+    // Only the fast lane can dispatch within the test: batches wait 10 min.
+    let router = world.start(world.config(100, 600_000));
+    router.wait_ready(Duration::from_secs(30)).await;
+    let producer = world.producer();
+
+    world
+        .send_order(&producer, &order("WAITS-1", "SITE-A", "hvac"))
+        .await;
+    let mut gas = order("GAS-LEAK-1", "SITE-A", "plumbing");
+    gas.safety_class = cmms_router::model::SafetyClass::LifeSafety;
+    world.send_order(&producer, &gas).await;
+
+    let packets = world.read_packets(1, READ);
+    assert_eq!(packets.len(), 1, "{packets:?}");
+    let p = &packets[0].1;
+    assert_eq!(p.close_reason, CloseReason::FastLane);
+    assert_eq!(p.tier, cmms_router::model::Tier::Critical);
+    assert_eq!(p.orders[0].order.order_id, "GAS-LEAK-1");
+    // The ordinary order still waits in its site batch.
+    assert_eq!(world.read_packets(2, Duration::from_secs(2)).len(), 1);
+    router.stop().await;
+}
