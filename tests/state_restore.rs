@@ -365,10 +365,10 @@ async fn roster_catch_up_applies_updates_and_removals_and_resumes_from_stored_of
         let r = roster.roster();
         assert_eq!(r.len(), 29);
         assert!(r.get("T-02").is_none(), "removed");
-        let s1 = r.on_shift("S1", "hvac", NOW);
+        let s1 = r.listed("S1", "hvac");
         assert_eq!(s1.len(), 28);
         assert!(s1.iter().all(|t| t.technician_id != "T-01"), "moved away");
-        let s2 = r.on_shift("S2", "hvac", NOW);
+        let s2 = r.listed("S2", "hvac");
         assert_eq!(s2.len(), 1);
         assert_eq!(s2[0].technician_id, "T-01");
         assert_eq!(
@@ -383,7 +383,7 @@ async fn roster_catch_up_applies_updates_and_removals_and_resumes_from_stored_of
     let mut roster = RosterStore::open(store, codec.clone()).expect("roster");
     assert_eq!(roster.roster().len(), 29);
     assert!(roster.roster().get("T-02").is_none());
-    assert_eq!(roster.roster().on_shift("S2", "hvac", NOW).len(), 1);
+    assert_eq!(roster.roster().listed("S2", "hvac").len(), 1);
     let after_restart = catch_up(&mut roster, &topic);
     assert_eq!(after_restart.records, 0, "{after_restart:?}");
 

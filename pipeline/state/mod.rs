@@ -6,8 +6,8 @@
 //! - [`dedup`]: order ids already handled; writes are staged, sealed for a
 //!   Kafka transaction and applied only after it committed.
 //! - [`restore`]: rebuilding a dedup partition from its changelog topic.
-//! - [`roster`]: every technician of the roster topic, with the on-shift
-//!   lookup routing needs.
+//! - [`roster`]: every technician of the roster topic, listed by site and
+//!   trade for routing.
 //!
 //! Promise: local state never holds a write whose transaction did not
 //! commit, and it records the topic offset it reflects in the same atomic
@@ -30,5 +30,5 @@ pub use restore::{
     replay_dedup, restore_dedup, ChangelogRecord, RestoreOptions, RestoreProgress, RestoreStats,
     RestoredPartition,
 };
-pub use roster::{certification_valid, is_on_shift, Roster, RosterChange, RosterStore};
+pub use roster::{Roster, RosterChange, RosterStore};
 pub use store::{MetaKey, StateError, StateStore};

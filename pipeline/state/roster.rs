@@ -36,25 +36,7 @@ use super::restore::{
 };
 use super::store::{Family, MetaKey, StateError, StateStore};
 use crate::codec::Codec;
-use crate::model::{Availability, TechnicianRoster};
-
-/// Whether `technician` is on shift at `at_ms`: `shift_start <= at_ms <
-/// shift_end`. A shift with either end unknown is not a shift we can route to.
-pub fn is_on_shift(technician: &TechnicianRoster, at_ms: i64) -> bool {
-    matches!(
-        (technician.shift_start, technician.shift_end),
-        (Some(start), Some(end)) if start <= at_ms && at_ms < end
-    )
-}
-
-/// Whether `technician` holds certification `code`, valid at `at_ms`
-/// (no expiry, or expiring after `at_ms`).
-pub fn certification_valid(technician: &TechnicianRoster, code: &str, at_ms: i64) -> bool {
-    technician
-        .certifications
-        .iter()
-        .any(|c| c.code == code && c.expires_at.is_none_or(|exp| exp > at_ms))
-}
+use crate::model::TechnicianRoster;
 
 /// The roster in memory, indexed by site and trade.
 #[derive(Debug, Default, Clone)]
@@ -86,54 +68,15 @@ impl Roster {
     }
 
     /// Every technician listed at `site` in `trade`, whatever their shift,
-    /// availability or certificates, by id: routing decides who qualifies
-    /// and needs the others to say why nobody does.
+    /// availability or certificates, by id. Who qualifies is decided in one
+    /// place only, `routing::candidates`, which also needs the others to say
+    /// why nobody does.
     pub fn listed(&self, site: &str, trade: &str) -> Vec<&TechnicianRoster> {
         self.by_site_trade
             .get(site)
             .and_then(|t| t.get(trade))
             .map(|ids| ids.iter().filter_map(|id| self.by_id.get(id)).collect())
             .unwrap_or_default()
-    }
-
-    /// Technicians at `site` in `trade` on shift at `at_ms` who can take
-    /// work: `AVAILABLE` ones first, then `BUSY` ones, each group by id (a
-    /// stable order keeps packet content, and so batch ids, reproducible).
-    ///
-    /// `BUSY` counts as on shift: the technician is working that shift and
-    /// takes the job after the current one, which beats sending the work to
-    /// the vendor desk. `OFF`, `ON_LEAVE` and `UNKNOWN` do not.
-    pub fn on_shift(&self, site: &str, trade: &str, at_ms: i64) -> Vec<&TechnicianRoster> {
-        let Some(ids) = self.by_site_trade.get(site).and_then(|t| t.get(trade)) else {
-            return Vec::new();
-        };
-        let mut out: Vec<&TechnicianRoster> = ids
-            .iter()
-            .filter_map(|id| self.by_id.get(id))
-            .filter(|t| matches!(t.availability, Availability::Available | Availability::Busy))
-            .filter(|t| is_on_shift(t, at_ms))
-            .collect();
-        // Stable: ids are already in order within each availability.
-        out.sort_by_key(|t| t.availability != Availability::Available);
-        out
-    }
-
-    /// [`Roster::on_shift`] narrowed to technicians holding every code in
-    /// `required`, valid at `at_ms`.
-    pub fn qualified(
-        &self,
-        site: &str,
-        trade: &str,
-        required: &[String],
-        at_ms: i64,
-    ) -> Vec<&TechnicianRoster> {
-        let mut out = self.on_shift(site, trade, at_ms);
-        out.retain(|t| {
-            required
-                .iter()
-                .all(|code| certification_valid(t, code, at_ms))
-        });
-        out
     }
 
     fn upsert(&mut self, technician: TechnicianRoster) {
@@ -489,9 +432,7 @@ impl RosterStore {
 mod tests {
     use super::*;
     use crate::model::samples::{self, MONDAY_8AM};
-    use crate::model::Certification;
-
-    const HOUR: i64 = 3_600_000;
+    use crate::model::Availability;
 
     fn codec() -> Arc<Codec> {
         Arc::new(
@@ -516,83 +457,21 @@ mod tests {
     }
 
     #[test]
-    fn on_shift_filters_site_trade_shift_and_availability() {
-        let mut busy = samples::technician("T-2", "S1", "hvac");
-        busy.availability = Availability::Busy;
-        let mut off = samples::technician("T-3", "S1", "hvac");
+    fn listed_filters_site_and_trade_only_and_orders_by_id() {
+        let mut off = samples::technician("T-2", "S1", "hvac");
         off.availability = Availability::Off;
-        let mut two_sites = samples::technician("T-4", "S2", "hvac");
-        two_sites.sites.push("S1".into());
+        off.shift_end = Some(MONDAY_8AM - 1);
         let r = roster(vec![
-            busy,
-            samples::technician("T-1", "S1", "hvac"),
             off,
-            samples::technician("T-5", "S1", "plumbing"),
-            samples::technician("T-6", "S9", "hvac"),
-            two_sites,
+            samples::technician("T-1", "S1", "hvac"),
+            samples::technician("T-3", "S2", "hvac"),
+            samples::technician("T-4", "S1", "plumbing"),
         ]);
-        // Available first, then busy; off, other trade and other site left out.
-        assert_eq!(
-            ids(r.on_shift("S1", "hvac", MONDAY_8AM)),
-            ["T-1", "T-4", "T-2"]
-        );
-        assert_eq!(ids(r.on_shift("S2", "hvac", MONDAY_8AM)), ["T-4"]);
-        assert!(r.on_shift("S1", "electrical", MONDAY_8AM).is_empty());
-        assert!(r.on_shift("NOWHERE", "hvac", MONDAY_8AM).is_empty());
-    }
-
-    #[test]
-    fn shift_is_half_open_and_unknown_ends_are_off_shift() {
-        // The sample's shift runs from MONDAY_8AM - 1 h to MONDAY_8AM + 7 h.
-        let t = samples::technician("T-1", "S1", "hvac");
-        let (start, end) = (MONDAY_8AM - HOUR, MONDAY_8AM + 7 * HOUR);
-        assert!(!is_on_shift(&t, start - 1));
-        assert!(is_on_shift(&t, start));
-        assert!(is_on_shift(&t, end - 1));
-        assert!(!is_on_shift(&t, end), "shift end is exclusive");
-        let mut open_ended = t.clone();
-        open_ended.shift_end = None;
-        assert!(!is_on_shift(&open_ended, MONDAY_8AM));
-        let r = roster(vec![t, {
-            let mut x = open_ended;
-            x.technician_id = "T-2".into();
-            x
-        }]);
-        assert_eq!(ids(r.on_shift("S1", "hvac", start)), ["T-1"]);
-        assert!(r.on_shift("S1", "hvac", end).is_empty());
-    }
-
-    #[test]
-    fn certifications_are_valid_until_their_expiry() {
-        let mut t = samples::technician("T-1", "S1", "hvac");
-        let exp = MONDAY_8AM + HOUR;
-        t.certifications = vec![
-            Certification {
-                code: "EPA608".into(),
-                expires_at: Some(exp),
-            },
-            Certification {
-                code: "NFPA70E".into(),
-                expires_at: None,
-            },
-        ];
-        assert!(certification_valid(&t, "EPA608", exp - 1));
-        assert!(
-            !certification_valid(&t, "EPA608", exp),
-            "expired at its expiry"
-        );
-        assert!(certification_valid(&t, "NFPA70E", i64::MAX));
-        assert!(!certification_valid(&t, "CDL", MONDAY_8AM));
-        let r = roster(vec![t]);
-        let need = |codes: &[&str]| codes.iter().map(|c| c.to_string()).collect::<Vec<_>>();
-        assert_eq!(
-            ids(r.qualified("S1", "hvac", &need(&["EPA608", "NFPA70E"]), MONDAY_8AM)),
-            ["T-1"]
-        );
-        assert!(r
-            .qualified("S1", "hvac", &need(&["EPA608"]), exp)
-            .is_empty());
-        assert_eq!(ids(r.qualified("S1", "hvac", &[], MONDAY_8AM)), ["T-1"]);
+        // Off shift and off duty still listed: routing needs them for the reason.
+        assert_eq!(ids(r.listed("S1", "hvac")), ["T-1", "T-2"]);
+        assert_eq!(ids(r.listed("S2", "hvac")), ["T-3"]);
+        assert!(r.listed("S1", "electrical").is_empty());
+        assert!(r.listed("NOWHERE", "hvac").is_empty());
     }
 
     #[test]
@@ -644,10 +523,10 @@ mod tests {
         let rs = RosterStore::open(store, codec).expect("roster");
         assert_eq!(rs.roster().len(), 1);
         assert!(
-            rs.roster().on_shift("S1", "hvac", MONDAY_8AM).is_empty(),
+            rs.roster().listed("S1", "hvac").is_empty(),
             "T-1 moved, T-2 removed"
         );
-        assert_eq!(ids(rs.roster().on_shift("S2", "hvac", MONDAY_8AM)), ["T-1"]);
+        assert_eq!(ids(rs.roster().listed("S2", "hvac")), ["T-1"]);
         assert_eq!(rs.next_offsets(), BTreeMap::from([(0, 4), (1, 2)]));
     }
 }
