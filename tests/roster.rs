@@ -17,15 +17,6 @@ fn on_shift_now(id: &str, site: &str) -> TechnicianRoster {
     common::on_shift_now(id, site, "hvac")
 }
 
-async fn publish(
-    world: &World,
-    _producer: &FutureProducer,
-    id: &str,
-    entry: Option<&TechnicianRoster>,
-) {
-    world.publish_roster(id, entry).await;
-}
-
 /// Sends one HVAC order needing EPA608 at SITE-R and returns its packet.
 async fn route_one(
     world: &World,
@@ -64,13 +55,9 @@ async fn roster_changes_move_orders_and_survive_a_restart() {
     let world = World::new("roster", 1).await;
     let producer = world.producer();
     let config = world.config(1, 60_000);
-    publish(
-        &world,
-        &producer,
-        "T-1",
-        Some(&on_shift_now("T-1", "SITE-R")),
-    )
-    .await;
+    world
+        .publish_roster("T-1", Some(&on_shift_now("T-1", "SITE-R")))
+        .await;
 
     let router = world.start(config.clone());
     router.wait_ready(READ).await;
@@ -88,7 +75,7 @@ async fn roster_changes_move_orders_and_survive_a_restart() {
     let mut off = on_shift_now("T-1", "SITE-R");
     off.shift_end = Some(now_millis() - 60_000);
     off.shift_start = Some(now_millis() - 9 * HOUR);
-    publish(&world, &producer, "T-1", Some(&off)).await;
+    world.publish_roster("T-1", Some(&off)).await;
     settle().await;
     let (topic, packet) = route_one(&world, &producer, "R-2", 1).await;
     assert_eq!(topic, world.topology.fallback.name);
@@ -104,7 +91,7 @@ async fn roster_changes_move_orders_and_survive_a_restart() {
     for c in &mut lapsed.certifications {
         c.expires_at = Some(now_millis() - HOUR);
     }
-    publish(&world, &producer, "T-2", Some(&lapsed)).await;
+    world.publish_roster("T-2", Some(&lapsed)).await;
     settle().await;
     let (_, packet) = route_one(&world, &producer, "R-3", 2).await;
     assert_eq!(
@@ -113,13 +100,9 @@ async fn roster_changes_move_orders_and_survive_a_restart() {
     );
 
     // The certification is renewed: the next order is T-2's.
-    publish(
-        &world,
-        &producer,
-        "T-2",
-        Some(&on_shift_now("T-2", "SITE-R")),
-    )
-    .await;
+    world
+        .publish_roster("T-2", Some(&on_shift_now("T-2", "SITE-R")))
+        .await;
     settle().await;
     let (topic, packet) = route_one(&world, &producer, "R-3b", 3).await;
     assert_eq!(topic, format!("{}.hvac", world.id));
@@ -127,7 +110,7 @@ async fn roster_changes_move_orders_and_survive_a_restart() {
     router.stop().await;
 
     // While the router is down, T-2 is removed (null value).
-    publish(&world, &producer, "T-2", None).await;
+    world.publish_roster("T-2", None).await;
     let router = world.start(config.clone());
     router.wait_ready(READ).await;
     assert_eq!(
