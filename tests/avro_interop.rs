@@ -87,6 +87,14 @@ fn fastavro_decodes_every_record_type_we_encode() {
     batch.orders[1].flags = vec!["pm_due_soon".into()];
 
     let dead = samples::dead_letter();
+    let dedup = cmms_router::model::DedupEntry {
+        schema_version: 1,
+        order_id: "WO-PM-1".into(),
+        input_partition: 3,
+        first_seen_at: samples::MONDAY_8AM,
+        expires_at: samples::MONDAY_8AM + 3_600_000,
+        batch_id: Some("00000000-0000-5000-8000-000000000001".into()),
+    };
 
     let dir = tempfile::tempdir().expect("tempdir");
     let data = [
@@ -94,6 +102,7 @@ fn fastavro_decodes_every_record_type_we_encode() {
         ("technician_roster", codec.encode_roster(&roster)),
         ("dispatch_batch", codec.encode_dispatch(&batch)),
         ("dead_letter", codec.encode_dead_letter(&dead)),
+        ("dedup_entry", codec.encode_dedup_entry(&dedup)),
     ];
     for (stem, bytes) in data {
         let bytes = bytes.expect("sample encodes");
@@ -175,6 +184,12 @@ fn fastavro_decodes_every_record_type_we_encode() {
     // 5 ms after the hour: millisecond precision survives.
     assert_eq!(d["failed_at"], "2026-01-05T08:00:00.005+00:00");
     assert_eq!(d["router_instance"], "router-1");
+
+    let e = &seen["dedup_entry"];
+    assert_eq!(e["order_id"], "WO-PM-1");
+    assert_eq!(e["input_partition"], 3);
+    assert_eq!(e["expires_at"], "2026-01-05T09:00:00.000+00:00");
+    assert_eq!(e["batch_id"], "00000000-0000-5000-8000-000000000001");
 }
 
 #[test]

@@ -24,7 +24,7 @@ import fastavro
 
 # Parse order matters: dispatch_batch.avsc refers to cmms.NormalizedWorkOrder,
 # which work_order.avsc defines. This mirrors codec::SCHEMA_FILES.
-STEMS = ["work_order", "technician_roster", "dispatch_batch", "dead_letter"]
+STEMS = ["work_order", "technician_roster", "dispatch_batch", "dead_letter", "dedup_entry"]
 
 UTC = datetime.timezone.utc
 
