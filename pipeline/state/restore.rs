@@ -61,7 +61,12 @@ impl Default for RestoreOptions {
             // position check vanish in the per-record cost, small enough
             // that an interrupted restore loses little.
             batch_records: 4096,
-            poll_timeout: Duration::from_millis(100),
+            // Short: a partition that is already current has only a
+            // transaction marker past its stored offset, which is never
+            // handed out, so its restore ends with one empty poll. 10 ms
+            // instead of 100 ms took ~90 ms off every partition's restore
+            // after a restart (benches/recovery.rs).
+            poll_timeout: Duration::from_millis(10),
             // Twice the router's default transaction timeout (60 s).
             stall_timeout: Duration::from_secs(120),
             request_timeout: Duration::from_secs(10),
