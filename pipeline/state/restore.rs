@@ -63,9 +63,9 @@ impl Default for RestoreOptions {
             batch_records: 4096,
             // Short: a partition that is already current has only a
             // transaction marker past its stored offset, which is never
-            // handed out, so its restore ends with one empty poll. 10 ms
-            // instead of 100 ms took ~90 ms off every partition's restore
-            // after a restart (benches/recovery.rs).
+            // handed out, so its restore ends with one empty poll. The
+            // recovery bench did not show the change clearly (its spread
+            // is larger); consumer setup per partition dominates.
             poll_timeout: Duration::from_millis(10),
             // Twice the router's default transaction timeout (60 s).
             stall_timeout: Duration::from_secs(120),
