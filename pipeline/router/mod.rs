@@ -44,7 +44,6 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
-use tracing::Instrument;
 
 use self::context::{RebalanceEvent, RouterContext};
 pub use self::roster_tail::{RosterTail, SharedRoster};
@@ -160,25 +159,16 @@ const EXPIRY_SWEEP_LIMIT: usize = 10_000;
 
 /// Runs the router until `shutdown` resolves (then it flushes, commits and
 /// leaves the group) or a fatal error occurs.
-pub async fn run(
-    config: RouterConfig,
-    parts: Parts,
-    metrics: Metrics,
-    health: Arc<Health>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<RunSummary, RouterError> {
-    let span = tracing::info_span!(
-        "router",
+#[tracing::instrument(
+    name = "router",
+    skip_all,
+    fields(
         input = %parts.topology.input.name,
         group = %config.kafka.group_id,
         transactional_id = %config.kafka.transactional_id,
-    );
-    run_inner(config, parts, metrics, health, shutdown)
-        .instrument(span)
-        .await
-}
-
-async fn run_inner(
+    )
+)]
+pub async fn run(
     config: RouterConfig,
     parts: Parts,
     metrics: Metrics,
