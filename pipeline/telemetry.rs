@@ -36,6 +36,7 @@ pub struct Metrics {
     retries: IntCounterVec,
     batch_age: HistogramVec,
     assigned_partitions: IntGauge,
+    revoked_partitions: IntCounterVec,
     duplicates: IntCounterVec,
     dedup_expired: IntCounter,
     restore_records: IntCounterVec,
@@ -227,6 +228,12 @@ impl Metrics {
                 )
                 .expect("static metric definition"),
             ),
+            revoked_partitions: counter_vec(
+                &r,
+                "cmms_router_partitions_revoked_total",
+                "Input partitions handed to another instance, by outcome: committed (pending work committed first), aborted (that commit failed; the next owner re-reads), lost (moved before this instance could commit).",
+                &["outcome"],
+            ),
             assigned_partitions: gauge(
                 &r,
                 "cmms_router_assigned_partitions",
@@ -371,6 +378,14 @@ impl Metrics {
         self.assigned_partitions.set(partitions as i64);
     }
 
+    /// Input partitions were handed over; `outcome` is "committed",
+    /// "aborted" or "lost".
+    pub fn revoked(&self, outcome: &'static str, partitions: usize) {
+        self.revoked_partitions
+            .with_label_values(&[outcome])
+            .inc_by(partitions as u64);
+    }
+
     /// An order was dropped as a duplicate; `kind` is "held" (its original
     /// waits in a batch) or "dispatched" (found in the dedup store).
     pub fn duplicate(&self, partition: i32, order_id: &str, kind: &'static str) {
@@ -417,6 +432,16 @@ impl Metrics {
             .iter()
             .map(|k| self.duplicates.with_label_values(&[k]).get())
             .sum()
+    }
+
+    /// Current value of the consumed-records counter, for tests.
+    pub fn records_consumed_total(&self) -> u64 {
+        self.records_consumed.get()
+    }
+
+    /// Partitions handed over with `outcome`, for tests.
+    pub fn revoked_total(&self, outcome: &str) -> u64 {
+        self.revoked_partitions.with_label_values(&[outcome]).get()
     }
 
     /// Consumer lag of one partition, from librdkafka statistics.

@@ -44,6 +44,9 @@ pub enum CloseReason {
     Shutdown,
     /// A symbol this version does not know (schema evolution).
     Other,
+    /// Its input partition was moved to another instance, which flushed
+    /// it before handing the partition over.
+    Revoked,
 }
 
 impl CloseReason {
@@ -55,6 +58,7 @@ impl CloseReason {
             Self::FastLane => "fast_lane",
             Self::Shutdown => "shutdown",
             Self::Other => "other",
+            Self::Revoked => "revoked",
         }
     }
 }
@@ -73,6 +77,9 @@ pub enum UnassignedReason {
     NotBuildingTrade,
     /// A symbol this version does not know (schema evolution).
     Other,
+    /// Its input partition was moved to another instance, which flushed
+    /// it before handing the partition over.
+    Revoked,
 }
 
 /// The routing score and its parts (`cmms.Score`).

@@ -1,11 +1,23 @@
 //! The consumer's librdkafka callbacks: rebalance events and statistics are
-//! forwarded from librdkafka's threads to the run loop, which owns all state.
-//! The callbacks themselves touch nothing but a channel and the metrics.
+//! forwarded from librdkafka to the run loop, which owns all state.
+//!
+//! Rebalance callbacks run inside the loop's own `recv()` poll, where the
+//! loop's state is out of reach. Assignments are applied at once and
+//! announced. A cooperative revocation is only announced: the partitions
+//! stay assigned until the loop has committed their pending work and calls
+//! `incremental_unassign` itself ([`RouterContext::finish_revoke`]), so the
+//! next owner, which the group coordinator holds back until this member
+//! gives the partitions up, starts from that commit. Once the loop is
+//! closing (`closing` is set), revocations are applied at once, because
+//! closing the consumer waits for them.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, TopicPartitionList};
 
 use crate::telemetry::Metrics;
@@ -13,8 +25,17 @@ use crate::telemetry::Metrics;
 /// A change of the input partitions this instance owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum RebalanceEvent {
-    /// These partitions were taken away (revoked or lost).
-    Revoked(Vec<i32>),
+    /// These partitions are being taken away.
+    Revoked {
+        /// Input partitions.
+        partitions: Vec<i32>,
+        /// The group already gave them to someone else (session timeout,
+        /// fencing): nothing may be committed for them any more.
+        lost: bool,
+        /// They are still assigned: the loop must call
+        /// [`RouterContext::finish_revoke`] once it has committed.
+        awaiting_unassign: bool,
+    },
     /// These partitions were added.
     Assigned(Vec<i32>),
 }
@@ -27,6 +48,9 @@ pub(super) struct RouterContext {
     pub(super) events: mpsc::Sender<RebalanceEvent>,
     /// Lag gauges are set from the statistics callback.
     pub(super) metrics: Metrics,
+    /// Set when the loop has stopped handling events: revocations are
+    /// then applied in the callback.
+    pub(super) closing: Arc<AtomicBool>,
 }
 
 impl RouterContext {
@@ -35,6 +59,25 @@ impl RouterContext {
             .iter()
             .map(|e| e.partition())
             .collect()
+    }
+
+    /// Gives up input partitions whose revocation the callback deferred.
+    pub(super) fn finish_revoke<C: Consumer<Self>>(
+        &self,
+        consumer: &C,
+        partitions: &[i32],
+    ) -> KafkaResult<()> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            tpl.add_partition(&self.topic, p);
+        }
+        consumer.incremental_unassign(&tpl)
+    }
+
+    fn send(&self, event: RebalanceEvent) {
+        // The receiver lives as long as the loop; a send error only means
+        // the loop is already gone, and then `closing` is set too.
+        let _ = self.events.send(event);
     }
 }
 
@@ -51,21 +94,67 @@ impl ClientContext for RouterContext {
 }
 
 impl ConsumerContext for RouterContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            // The receiver lives as long as the loop; a send error only means
-            // the loop is already gone.
-            let _ = self
-                .events
-                .send(RebalanceEvent::Revoked(self.partitions(tpl)));
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Assign(tpl) = rebalance {
-            let _ = self
-                .events
-                .send(RebalanceEvent::Assigned(self.partitions(tpl)));
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let partitions = self.partitions(tpl);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let applied = if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                };
+                match applied {
+                    Ok(()) => self.send(RebalanceEvent::Assigned(partitions)),
+                    // librdkafka retries the rebalance; nothing was taken.
+                    Err(e) => tracing::error!(error = %e, ?partitions, "cannot apply assignment"),
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let lost = consumer.assignment_lost();
+                let defer = cooperative && !self.closing.load(Ordering::SeqCst);
+                if !defer {
+                    let applied = if cooperative {
+                        consumer.incremental_unassign(tpl)
+                    } else {
+                        consumer.unassign()
+                    };
+                    if let Err(e) = applied {
+                        tracing::error!(error = %e, ?partitions, "cannot apply revocation");
+                    }
+                }
+                self.send(RebalanceEvent::Revoked {
+                    partitions,
+                    lost,
+                    awaiting_unassign: defer,
+                });
+            }
+            other => {
+                // A failed rebalance: librdkafka expects the assignment to be
+                // dropped, and the loop must forget the partitions' work.
+                tracing::error!(error = ?other, ?partitions, "rebalance failed");
+                let applied = if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                };
+                if let Err(e) = applied {
+                    tracing::error!(error = %e, "cannot drop the assignment after a failed rebalance");
+                }
+                self.send(RebalanceEvent::Revoked {
+                    partitions,
+                    lost: true,
+                    awaiting_unassign: false,
+                });
+            }
         }
     }
 }

@@ -24,10 +24,18 @@
 //! the open batches, rewinds every partition to its committed offset and
 //! retries after a backoff (a broker outage is ridden out this way). A fatal
 //! error (fenced producer) or a local state failure ends the loop with the
-//! error. A partition revocation drops the uncommitted work of every
-//! partition and rewinds the ones kept; the new owner re-reads the revoked
-//! partitions from their committed offsets (see the README's known gaps:
-//! pending work is not committed first).
+//! error.
+//!
+//! # Rebalances
+//!
+//! A revoked partition is handed over only after its open batches are
+//! closed (`REVOKED`) and everything pending is committed: the consumer
+//! context defers the cooperative unassign until the loop has done that, so
+//! the next owner, held back by the group until then, starts from this
+//! commit. A lost partition (the group already moved it) cannot be
+//! committed for: the uncommitted work of every partition is dropped and the
+//! partitions kept are rewound. An assigned partition's dedup state is
+//! restored from the changelog before any of its records is routed.
 
 mod context;
 mod roster_tail;
@@ -87,6 +95,9 @@ pub enum RouterError {
     /// The consumer failed fatally.
     #[error("input consumer failed fatally: {0}; is another instance running with the same kafka.transactional_id (used as group.instance.id)?")]
     Consumer(#[source] KafkaError),
+    /// Revoked partitions could not be given back to the group.
+    #[error("cannot hand revoked partitions back to the consumer group: {0}")]
+    Rebalance(#[source] KafkaError),
     /// A background thread could not be started.
     #[error("cannot start a thread: {0}")]
     Thread(#[source] std::io::Error),
@@ -206,10 +217,12 @@ pub async fn run(
     )?;
 
     let (events_tx, events) = mpsc::channel();
+    let closing = Arc::new(AtomicBool::new(false));
     let context = RouterContext {
         topic: parts.topology.input.name.clone(),
         events: events_tx,
         metrics: metrics.clone(),
+        closing: closing.clone(),
     };
     let mut consumer_config = client.clone();
     // Static membership: a restarted instance (same transactional id) takes
@@ -234,6 +247,10 @@ pub async fn run(
     consumer
         .subscribe(&[&parts.topology.input.name])
         .map_err(RouterError::Setup)?;
+    // Declared after the consumer, so dropped before it: however this
+    // future ends (returned or cancelled), the consumer's close, which
+    // waits for its revocations, finds them applied by the callback.
+    let _closing_on_drop = CloseOnDrop(closing.clone());
 
     let ttl = DedupTtl::new(config.state.dedup_max_ttl)?;
     let mut state = Loop {
@@ -263,7 +280,7 @@ pub async fn run(
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                message = consumer.recv() => state.on_message(message).await?,
+                message = consumer.recv() => state.on_message(&consumer, message).await?,
                 _ = tick.tick() => state.on_tick(&consumer).await?,
             }
             state.on_rebalance(&consumer).await?;
@@ -277,9 +294,29 @@ pub async fn run(
         Ok::<_, RouterError>(())
     }
     .await;
+    // From here on nobody handles rebalance events: revocations during the
+    // unsubscribe and close must be applied by the callback itself.
+    closing.store(true, Ordering::SeqCst);
     consumer.unsubscribe();
     tail.stop();
     result.map(|()| state.summary)
+}
+
+/// Sets the consumer context's `closing` flag when dropped.
+struct CloseOnDrop(Arc<AtomicBool>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Whether `partition` of `topic` is in the consumer's current assignment.
+fn is_assigned(consumer: &StreamConsumer<RouterContext>, topic: &str, partition: i32) -> bool {
+    consumer
+        .assignment()
+        .map(|a| a.find_partition(topic, partition).is_some())
+        .unwrap_or(false)
 }
 
 struct Loop {
@@ -311,6 +348,7 @@ impl Loop {
 
     async fn on_message(
         &mut self,
+        consumer: &StreamConsumer<RouterContext>,
         message: Result<BorrowedMessage<'_>, KafkaError>,
     ) -> Result<(), RouterError> {
         let message = match message {
@@ -329,6 +367,11 @@ impl Loop {
         };
         if self.dedup.owned().any(|p| p == message.partition()) {
             return self.process(&message);
+        }
+        if !is_assigned(consumer, message.topic(), message.partition()) {
+            // Fetched before the partition was handed over; its next owner
+            // reads it from the committed offset.
+            return Ok(());
         }
         // A record of a partition whose state is not restored yet (its
         // assignment event is still queued): restore first. The borrowed
@@ -725,25 +768,17 @@ impl Loop {
     ) -> Result<(), RouterError> {
         while let Ok(event) = self.events.try_recv() {
             match event {
-                RebalanceEvent::Revoked(partitions) => {
-                    tracing::info!(?partitions, "partitions revoked");
-                    // Whatever is staged may include the revoked partitions'
-                    // work; the new owner re-reads it from the committed
-                    // offsets, so drop it all and rewind the partitions kept.
-                    for &p in &partitions {
-                        self.tasks.remove(&p);
-                        self.dedup.release(p);
-                    }
-                    let uncommitted = !self.staged.records.is_empty()
-                        || !self.dedup.staged().is_empty()
-                        || self
-                            .tasks
-                            .values()
-                            .any(|t| t.windows.held_items() > 0 || !t.staged.is_empty());
-                    if uncommitted {
-                        self.metrics
-                            .transaction_aborted("rebalance", &"partitions revoked");
-                        self.rewind(consumer)?;
+                RebalanceEvent::Revoked {
+                    partitions,
+                    lost,
+                    awaiting_unassign,
+                } => {
+                    self.revoke(consumer, &partitions, lost).await?;
+                    if awaiting_unassign {
+                        consumer
+                            .context()
+                            .finish_revoke(consumer, &partitions)
+                            .map_err(RouterError::Rebalance)?;
                     }
                 }
                 RebalanceEvent::Assigned(partitions) => {
@@ -757,5 +792,76 @@ impl Loop {
             self.metrics.assigned(assigned);
         }
         Ok(())
+    }
+
+    /// Hands revoked partitions over. While they are still ours, their open
+    /// batches are closed and everything pending is committed, so the next
+    /// owner starts exactly where this instance stopped. Lost partitions
+    /// already belong to someone else: their work is dropped instead, and
+    /// the partitions kept are rewound to their committed offsets.
+    async fn revoke(
+        &mut self,
+        consumer: &StreamConsumer<RouterContext>,
+        partitions: &[i32],
+        lost: bool,
+    ) -> Result<(), RouterError> {
+        let mut outcome = "lost";
+        if !lost {
+            tracing::info!(
+                ?partitions,
+                "partitions revoked; committing their pending work"
+            );
+            let now_ms = now_millis();
+            let mut closed = Vec::new();
+            for &p in partitions {
+                if let Some(task) = self.tasks.get_mut(&p) {
+                    closed.extend(
+                        task.windows
+                            .close_all(CloseReason::Revoked, now_ms)
+                            .into_iter()
+                            .map(|b| (p, b)),
+                    );
+                }
+            }
+            for (p, batch) in closed {
+                self.stage_batch(p, batch)?;
+            }
+            let aborts = self.summary.aborts;
+            self.commit(consumer).await?;
+            // An aborted commit has rewound every partition: the next owner
+            // re-reads the revoked ones from their committed offsets.
+            outcome = if self.summary.aborts == aborts {
+                "committed"
+            } else {
+                "aborted"
+            };
+        } else {
+            tracing::warn!(
+                ?partitions,
+                "partitions lost; dropping their uncommitted work"
+            );
+        }
+        for &p in partitions {
+            self.tasks.remove(&p);
+            self.dedup.release(p);
+        }
+        if lost && self.has_uncommitted() {
+            // What is staged may include the lost partitions' work, which
+            // must not be committed now; drop it all and re-read the rest.
+            self.metrics
+                .transaction_aborted("rebalance", &"partitions lost");
+            self.rewind(consumer)?;
+        }
+        self.metrics.revoked(outcome, partitions.len());
+        Ok(())
+    }
+
+    fn has_uncommitted(&self) -> bool {
+        !self.staged.records.is_empty()
+            || !self.dedup.staged().is_empty()
+            || self
+                .tasks
+                .values()
+                .any(|t| t.windows.held_items() > 0 || !t.staged.is_empty())
     }
 }
