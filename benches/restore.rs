@@ -225,7 +225,7 @@ fn main() {
         &codec,
         &client(),
         &topic,
-        0,
+        &[0],
         &RestoreOptions::default(),
         &mut |p| {
             if last_report.elapsed() > Duration::from_secs(2) {
@@ -237,7 +237,9 @@ fn main() {
             }
         },
     )
-    .expect("restore");
+    .expect("restore")
+    .pop()
+    .expect("one partition restored");
     let stats = restored.stats().clone();
     assert_eq!(stats.records, n as u64, "the restore applied every record");
     let restore_rate = stats.records_per_second();

@@ -231,7 +231,7 @@ impl Metrics {
             revoked_partitions: counter_vec(
                 &r,
                 "cmms_router_partitions_revoked_total",
-                "Input partitions handed to another instance, by outcome: committed (pending work committed first), aborted (that commit failed; the next owner re-reads), lost (moved before this instance could commit).",
+                "Input partitions handed to another instance, by outcome: committed (pending work committed first), aborted (that commit failed; the next owner re-reads), dropped (lost to the group before this instance could commit; the next owner re-reads).",
                 &["outcome"],
             ),
             assigned_partitions: gauge(
@@ -379,7 +379,7 @@ impl Metrics {
     }
 
     /// Input partitions were handed over; `outcome` is "committed",
-    /// "aborted" or "lost".
+    /// "aborted" or "dropped".
     pub fn revoked(&self, outcome: &'static str, partitions: usize) {
         self.revoked_partitions
             .with_label_values(&[outcome])

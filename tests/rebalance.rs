@@ -73,7 +73,7 @@ async fn revoked_partitions_are_flushed_and_committed_before_the_handover() {
     })
     .await;
     b.wait_ready(WAIT).await;
-    assert_eq!(a.metrics.revoked_total("lost"), 0);
+    assert_eq!(a.metrics.revoked_total("dropped"), 0);
     assert_eq!(a.metrics.revoked_total("aborted"), 0);
 
     // The handed-over partitions' orders are out now, minutes before their

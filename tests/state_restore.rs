@@ -156,14 +156,16 @@ fn restore(
         codec,
         &client(),
         topic,
-        partition,
+        &[partition],
         &RestoreOptions {
             batch_records: 100, // several batches even for small tests
             ..RestoreOptions::default()
         },
         &mut |_| reports += 1,
     )
-    .expect("restore");
+    .expect("restore")
+    .pop()
+    .expect("one partition restored");
     if restored.stats().records > 0 {
         assert!(reports > 0, "progress is reported");
     }
@@ -394,4 +396,71 @@ async fn roster_catch_up_applies_updates_and_removals_and_resumes_from_stored_of
     assert_eq!(roster.roster().len(), 28);
     let stored: BTreeMap<i32, i64> = roster.offsets().clone();
     assert!(!stored.is_empty() && stored.keys().all(|p| (0..3).contains(p)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_restore_reads_several_partitions_each_to_its_own_offset() {
+    let topic = unique("dedup-changelog-multi");
+    create_compacted(&topic, 3).await;
+    let codec = codec();
+    let producer = txn_producer();
+    // Different sizes per partition, the same order ids on two of them:
+    // entries are kept per input partition.
+    let mut last = BTreeMap::new();
+    for (partition, count) in [(0, 300), (1, 40), (2, 300)] {
+        let puts = ids(0..count);
+        let offset = dedup_txn(&producer, &codec, &topic, partition, &puts, &[], true).await;
+        last.insert(partition, offset);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(StateStore::open(dir.path()).expect("open"));
+    // Partition 1 is current before the joint restore: it must read nothing.
+    restore(&store, &codec, &topic, 1);
+
+    let restored = restore_dedup(
+        &store,
+        &codec,
+        &client(),
+        &topic,
+        &[0, 1, 2],
+        &RestoreOptions {
+            batch_records: 64, // batches that mix partitions
+            ..RestoreOptions::default()
+        },
+        &mut |_| {},
+    )
+    .expect("restore");
+    let records: BTreeMap<i32, u64> = restored
+        .iter()
+        .map(|r| (r.partition(), r.stats().records))
+        .collect();
+    assert_eq!(records, BTreeMap::from([(0, 300), (1, 0), (2, 300)]));
+    for (partition, offset) in &last {
+        assert_eq!(
+            store
+                .offset(MetaKey::DedupChangelog(*partition))
+                .expect("offset"),
+            Some(*offset),
+            "partition {partition} records its own last offset"
+        );
+    }
+    let mut dedup = DedupStore::new(store.clone());
+    for r in restored {
+        dedup.adopt(r);
+    }
+    for partition in [0, 2] {
+        assert!(matches!(
+            dedup.check(partition, "WO-0299", NOW).expect("check"),
+            Lookup::Seen(_)
+        ));
+    }
+    assert!(matches!(
+        dedup.check(1, "WO-0039", NOW).expect("check"),
+        Lookup::Seen(_)
+    ));
+    assert_eq!(
+        dedup.check(1, "WO-0040", NOW).expect("check"),
+        Lookup::New,
+        "partition 1 never saw WO-0040, though partitions 0 and 2 did"
+    );
 }

@@ -29,12 +29,11 @@ pub(super) enum RebalanceEvent {
     Revoked {
         /// Input partitions.
         partitions: Vec<i32>,
-        /// The group already gave them to someone else (session timeout,
-        /// fencing): nothing may be committed for them any more.
-        lost: bool,
-        /// They are still assigned: the loop must call
-        /// [`RouterContext::finish_revoke`] once it has committed.
-        awaiting_unassign: bool,
+        /// They are still assigned: the loop commits their pending work,
+        /// then calls [`RouterContext::finish_revoke`]. Otherwise they are
+        /// gone already (lost to a session timeout, or revoked while
+        /// closing) and nothing may be committed for them any more.
+        handover: bool,
     },
     /// These partitions were added.
     Assigned(Vec<i32>),
@@ -119,9 +118,12 @@ impl ConsumerContext for RouterContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let lost = consumer.assignment_lost();
-                let defer = cooperative && !self.closing.load(Ordering::SeqCst);
-                if !defer {
+                // Lost partitions belong to another member already: give
+                // them up at once, like every revocation while closing.
+                let handover = cooperative
+                    && !consumer.assignment_lost()
+                    && !self.closing.load(Ordering::SeqCst);
+                if !handover {
                     let applied = if cooperative {
                         consumer.incremental_unassign(tpl)
                     } else {
@@ -133,8 +135,7 @@ impl ConsumerContext for RouterContext {
                 }
                 self.send(RebalanceEvent::Revoked {
                     partitions,
-                    lost,
-                    awaiting_unassign: defer,
+                    handover,
                 });
             }
             other => {
@@ -151,8 +152,7 @@ impl ConsumerContext for RouterContext {
                 }
                 self.send(RebalanceEvent::Revoked {
                     partitions,
-                    lost: true,
-                    awaiting_unassign: false,
+                    handover: false,
                 });
             }
         }

@@ -727,37 +727,44 @@ impl Loop {
     }
 
     /// Restores the dedup state of `partitions` from the changelog (blocking
-    /// work on the blocking pool) and takes ownership of them.
+    /// work on the blocking pool, one consumer for all of them) and takes
+    /// ownership of them.
     async fn restore(&mut self, partitions: &[i32]) -> Result<(), RouterError> {
-        for &partition in partitions {
-            if self.dedup.owned().any(|p| p == partition) {
-                continue;
-            }
-            let store = self.dedup.state_store().clone();
-            let (codec, client, topic, metrics) = (
-                self.parts.codec.clone(),
-                self.client.clone(),
-                self.parts.topology.dedup_changelog.name.clone(),
-                self.metrics.clone(),
-            );
-            let restored = tokio::task::spawn_blocking(move || {
-                crate::state::restore_dedup(
-                    &store,
-                    &codec,
-                    &client,
-                    &topic,
-                    partition,
-                    &RestoreOptions::default(),
-                    &mut |p| {
-                        metrics.restore_progress("dedup", p.records, p.remaining_offsets);
-                    },
-                )
-            })
-            .await
-            .map_err(|e| RouterError::Thread(std::io::Error::other(e)))??;
-            self.metrics
-                .restored("dedup", restored.stats().records, restored.stats().elapsed);
-            self.dedup.adopt(restored);
+        let todo: Vec<i32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| !self.dedup.owned().any(|o| o == *p))
+            .collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let store = self.dedup.state_store().clone();
+        let (codec, client, topic, metrics) = (
+            self.parts.codec.clone(),
+            self.client.clone(),
+            self.parts.topology.dedup_changelog.name.clone(),
+            self.metrics.clone(),
+        );
+        let started = Instant::now();
+        let restored = tokio::task::spawn_blocking(move || {
+            crate::state::restore_dedup(
+                &store,
+                &codec,
+                &client,
+                &topic,
+                &todo,
+                &RestoreOptions::default(),
+                &mut |p| {
+                    metrics.restore_progress("dedup", p.records, p.remaining_offsets);
+                },
+            )
+        })
+        .await
+        .map_err(|e| RouterError::Thread(std::io::Error::other(e)))??;
+        let records = restored.iter().map(|r| r.stats().records).sum();
+        self.metrics.restored("dedup", records, started.elapsed());
+        for partition in restored {
+            self.dedup.adopt(partition);
         }
         Ok(())
     }
@@ -770,11 +777,10 @@ impl Loop {
             match event {
                 RebalanceEvent::Revoked {
                     partitions,
-                    lost,
-                    awaiting_unassign,
+                    handover,
                 } => {
-                    self.revoke(consumer, &partitions, lost).await?;
-                    if awaiting_unassign {
+                    self.revoke(consumer, &partitions, handover).await?;
+                    if handover {
                         consumer
                             .context()
                             .finish_revoke(consumer, &partitions)
@@ -794,19 +800,20 @@ impl Loop {
         Ok(())
     }
 
-    /// Hands revoked partitions over. While they are still ours, their open
-    /// batches are closed and everything pending is committed, so the next
-    /// owner starts exactly where this instance stopped. Lost partitions
-    /// already belong to someone else: their work is dropped instead, and
-    /// the partitions kept are rewound to their committed offsets.
+    /// Gives revoked partitions up. In a `handover` they are still ours:
+    /// their open batches are closed and everything pending is committed, so
+    /// the next owner starts exactly where this instance stopped. Otherwise
+    /// they may belong to someone else already: the uncommitted work is
+    /// dropped instead, and the partitions kept are rewound to their
+    /// committed offsets.
     async fn revoke(
         &mut self,
         consumer: &StreamConsumer<RouterContext>,
         partitions: &[i32],
-        lost: bool,
+        handover: bool,
     ) -> Result<(), RouterError> {
-        let mut outcome = "lost";
-        if !lost {
+        let mut outcome = "dropped";
+        if handover {
             tracing::info!(
                 ?partitions,
                 "partitions revoked; committing their pending work"
@@ -838,18 +845,18 @@ impl Loop {
         } else {
             tracing::warn!(
                 ?partitions,
-                "partitions lost; dropping their uncommitted work"
+                "partitions gone without a handover (lost to the group); dropping uncommitted work"
             );
         }
         for &p in partitions {
             self.tasks.remove(&p);
             self.dedup.release(p);
         }
-        if lost && self.has_uncommitted() {
+        if !handover && self.has_uncommitted() {
             // What is staged may include the lost partitions' work, which
             // must not be committed now; drop it all and re-read the rest.
             self.metrics
-                .transaction_aborted("rebalance", &"partitions lost");
+                .transaction_aborted("rebalance", &"partitions gone without a handover");
             self.rewind(consumer)?;
         }
         self.metrics.revoked(outcome, partitions.len());

@@ -117,7 +117,7 @@ pub struct RestoreStats {
     pub batches: u64,
     /// Whether local state was wiped first because its offsets did not fit the topic.
     pub reset: bool,
-    /// Wall time, connecting included.
+    /// Wall time, connecting included; partitions restored together share it.
     pub elapsed: Duration,
 }
 
@@ -443,92 +443,123 @@ fn wipe_dedup(store: &StateStore, partition: i32) -> Result<(), StateError> {
     batch.commit("wipe dedup partition")
 }
 
-/// Restores the dedup state of input `partition` from its changelog
+/// Restores the dedup state of input `partitions` from their changelog
 /// `topic` on the broker `client` points at (bootstrap servers and security
-/// settings; consumer settings are set here).
+/// settings; consumer settings are set here). One consumer reads every
+/// partition that is behind: after a rebalance or a restart, setting up a
+/// consumer costs more than reading a partition that is already current.
 pub fn restore_dedup(
     store: &StateStore,
     codec: &Codec,
     client: &ClientConfig,
     topic: &str,
-    partition: i32,
+    partitions: &[i32],
     options: &RestoreOptions,
     progress: &mut dyn FnMut(&RestoreProgress<'_>),
-) -> Result<RestoredPartition, StateError> {
+) -> Result<Vec<RestoredPartition>, StateError> {
     let started = Instant::now();
-    let consumer = restore_consumer(client, topic)?;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, options.request_timeout)
-        .map_err(kafka(topic, "fetch watermarks"))?;
-    let stored = store.offset(MetaKey::DedupChangelog(partition))?;
-    let mut stats = RestoreStats {
-        topic: topic.to_string(),
-        ..RestoreStats::default()
-    };
-    let start = match plan(stored, low, high) {
-        Plan::Current => None,
-        Plan::From(o) => Some(o),
-        Plan::Reset(why) => {
-            tracing::warn!(
-                topic,
-                partition,
-                ?stored,
-                low,
-                high,
-                "wiping local dedup state: {why}"
-            );
-            wipe_dedup(store, partition)?;
-            stats.reset = true;
-            Some(low)
-        }
-    };
-    if let Some(start) = start {
-        stats.ranges.push((partition, start, high));
-        let mut applier = DedupApplier {
-            store,
-            codec,
-            topic,
-            partition,
-            records: 0,
-            tombstones: 0,
-            batches: 0,
-        };
-        let span = Span {
-            partition,
-            start,
-            end: high,
-        };
-        read_to_end(
-            &consumer,
-            topic,
-            &[span],
-            options,
-            started,
-            &mut |msgs| {
-                applier.apply(msgs.iter().map(|m| ChangelogRecord {
-                    offset: m.offset(),
-                    key: m.key(),
-                    value: m.payload(),
-                }))
-            },
-            progress,
-        )?;
-        stats.records = applier.records;
-        stats.tombstones = applier.tombstones;
-        stats.batches = applier.batches;
+    if partitions.is_empty() {
+        return Ok(Vec::new());
     }
-    stats.elapsed = started.elapsed();
-    tracing::info!(
+    let consumer = restore_consumer(client, topic)?;
+    let mut appliers = BTreeMap::new();
+    let mut spans = Vec::new();
+    let mut stats = BTreeMap::new();
+    for &partition in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, options.request_timeout)
+            .map_err(kafka(topic, "fetch watermarks"))?;
+        let stored = store.offset(MetaKey::DedupChangelog(partition))?;
+        let mut partition_stats = RestoreStats {
+            topic: topic.to_string(),
+            ..RestoreStats::default()
+        };
+        let start = match plan(stored, low, high) {
+            Plan::Current => None,
+            Plan::From(o) => Some(o),
+            Plan::Reset(why) => {
+                tracing::warn!(
+                    topic,
+                    partition,
+                    ?stored,
+                    low,
+                    high,
+                    "wiping local dedup state: {why}"
+                );
+                wipe_dedup(store, partition)?;
+                partition_stats.reset = true;
+                Some(low)
+            }
+        };
+        if let Some(start) = start {
+            partition_stats.ranges.push((partition, start, high));
+            spans.push(Span {
+                partition,
+                start,
+                end: high,
+            });
+            appliers.insert(
+                partition,
+                DedupApplier {
+                    store,
+                    codec,
+                    topic,
+                    partition,
+                    records: 0,
+                    tombstones: 0,
+                    batches: 0,
+                },
+            );
+        }
+        stats.insert(partition, partition_stats);
+    }
+    read_to_end(
+        &consumer,
         topic,
-        partition,
-        records = stats.records,
-        tombstones = stats.tombstones,
-        elapsed_ms = stats.elapsed.as_millis() as u64,
-        records_per_second = stats.records_per_second() as u64,
-        reset = stats.reset,
-        "dedup partition restored"
-    );
-    Ok(RestoredPartition { partition, stats })
+        &spans,
+        options,
+        started,
+        &mut |msgs| {
+            // One write batch per partition: each carries its own offset.
+            for (partition, applier) in appliers.iter_mut() {
+                applier.apply(
+                    msgs.iter()
+                        .filter(|m| m.partition() == *partition)
+                        .map(|m| ChangelogRecord {
+                            offset: m.offset(),
+                            key: m.key(),
+                            value: m.payload(),
+                        }),
+                )?;
+            }
+            Ok(())
+        },
+        progress,
+    )?;
+    let elapsed = started.elapsed();
+    let mut restored = Vec::with_capacity(stats.len());
+    for (partition, mut partition_stats) in stats {
+        if let Some(applier) = appliers.get(&partition) {
+            partition_stats.records = applier.records;
+            partition_stats.tombstones = applier.tombstones;
+            partition_stats.batches = applier.batches;
+        }
+        partition_stats.elapsed = elapsed;
+        tracing::info!(
+            topic,
+            partition,
+            records = partition_stats.records,
+            tombstones = partition_stats.tombstones,
+            elapsed_ms = elapsed.as_millis() as u64,
+            reset = partition_stats.reset,
+            "dedup partition restored"
+        );
+        restored.push(RestoredPartition {
+            partition,
+            stats: partition_stats,
+        });
+    }
+    Ok(restored)
 }
 
 /// Restores the dedup state of `partition` from records already in hand
