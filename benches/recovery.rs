@@ -74,11 +74,12 @@ const SETTLE: Duration = Duration::from_secs(1);
 /// Log lines marking the router's startup milestones, in startup order.
 /// A record of a partition not yet restored triggers its restore before the
 /// assignment itself is logged, so "assigned" may follow one restore.
-const MILESTONES: [(&str, &str); 4] = [
+const MILESTONES: [(&str, &str); 5] = [
     ("transactional producer initialised", "producer"),
     ("roster caught up", "roster"),
     ("partitions assigned", "assigned"),
     (DEDUP_RESTORED, "restored"),
+    ("first transaction committed", "committed"),
 ];
 
 /// The log line of one dedup partition's restore (the roster's restore is

@@ -85,6 +85,17 @@ pub struct ChangelogRecord<'a> {
     pub value: Option<&'a [u8]>,
 }
 
+impl<'a> ChangelogRecord<'a> {
+    /// The record a consumer handed out.
+    pub(crate) fn of(message: &'a BorrowedMessage<'_>) -> Self {
+        Self {
+            offset: message.offset(),
+            key: message.key(),
+            value: message.payload(),
+        }
+    }
+}
+
 /// Progress of a running restore, reported after every applied batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestoreProgress<'a> {
@@ -377,7 +388,19 @@ struct DedupApplier<'s> {
     batches: u64,
 }
 
-impl DedupApplier<'_> {
+impl<'s> DedupApplier<'s> {
+    fn new(store: &'s StateStore, codec: &'s Codec, topic: &'s str, partition: i32) -> Self {
+        Self {
+            store,
+            codec,
+            topic,
+            partition,
+            records: 0,
+            tombstones: 0,
+            batches: 0,
+        }
+    }
+
     fn apply<'r>(
         &mut self,
         records: impl IntoIterator<Item = ChangelogRecord<'r>>,
@@ -498,18 +521,7 @@ pub fn restore_dedup(
                 start,
                 end: high,
             });
-            appliers.insert(
-                partition,
-                DedupApplier {
-                    store,
-                    codec,
-                    topic,
-                    partition,
-                    records: 0,
-                    tombstones: 0,
-                    batches: 0,
-                },
-            );
+            appliers.insert(partition, DedupApplier::new(store, codec, topic, partition));
         }
         stats.insert(partition, partition_stats);
     }
@@ -525,11 +537,7 @@ pub fn restore_dedup(
                 applier.apply(
                     msgs.iter()
                         .filter(|m| m.partition() == *partition)
-                        .map(|m| ChangelogRecord {
-                            offset: m.offset(),
-                            key: m.key(),
-                            value: m.payload(),
-                        }),
+                        .map(ChangelogRecord::of),
                 )?;
             }
             Ok(())
@@ -576,15 +584,7 @@ pub fn replay_dedup<'r>(
 ) -> Result<RestoredPartition, StateError> {
     let started = Instant::now();
     let stored = store.offset(MetaKey::DedupChangelog(partition))?;
-    let mut applier = DedupApplier {
-        store,
-        codec,
-        topic: source,
-        partition,
-        records: 0,
-        tombstones: 0,
-        batches: 0,
-    };
+    let mut applier = DedupApplier::new(store, codec, source, partition);
     let mut pending = Vec::with_capacity(options.batch_records);
     for r in records {
         if stored.is_some_and(|s| r.offset <= s) {

@@ -402,11 +402,7 @@ impl RosterStore {
                     by_partition
                         .entry(m.partition())
                         .or_default()
-                        .push(ChangelogRecord {
-                            offset: m.offset(),
-                            key: m.key(),
-                            value: m.payload(),
-                        });
+                        .push(ChangelogRecord::of(m));
                 }
                 for (p, records) in by_partition {
                     self.apply_batch(p, records, &mut stats)?;
