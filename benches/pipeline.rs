@@ -10,7 +10,11 @@
 //!   accept, `SiteWindows::add` (the last one closes it on count),
 //!   `routing::route_batch` and `Codec::encode_dispatch` of every packet;
 //! - `dead_letter`: undecodable bytes through rejection, `dead_letter::build`
-//!   and encoding.
+//!   and encoding;
+//! - `fast_lane_check` and `fast_lane_assess`: the run loop's per-order
+//!   fast-lane decision for the batch's orders against a staffed site (20
+//!   technicians per trade), by `routing::takes_fast_lane` (what the loop
+//!   runs) and by a full `routing::assess` (what it ran before).
 //!
 //! Kafka, the transaction and metrics are out of scope: this is what one
 //! core spends per record between poll and produce.
@@ -146,6 +150,18 @@ fn dead_letter_path(f: &Fixture) -> usize {
         .len()
 }
 
+/// A staffed site: `per_trade` technicians of every trade at SITE-1.
+fn staffed_roster(per_trade: usize) -> routing::StaticRoster {
+    routing::StaticRoster::new(
+        ["hvac", "plumbing", "electrical", "general"]
+            .into_iter()
+            .flat_map(|trade| {
+                (0..per_trade)
+                    .map(move |i| samples::technician(&format!("T-{trade}-{i}"), "SITE-1", trade))
+            }),
+    )
+}
+
 fn hot_path(c: &mut Criterion) {
     let f = fixture();
     let now = Instant::now();
@@ -168,6 +184,49 @@ fn hot_path(c: &mut Criterion) {
 
     group.throughput(Throughput::Elements(BATCH as u64));
     group.bench_function("full_batch", |b| b.iter(|| full_batch(black_box(&f), now)));
+
+    let staffed = staffed_roster(20);
+    let orders: Vec<_> = f
+        .batch
+        .iter()
+        .map(|bytes| intake::accept(&f.codec, &f.topology, Some(bytes)).expect("valid"))
+        .collect();
+    group.bench_function("fast_lane_check", |b| {
+        b.iter(|| {
+            orders
+                .iter()
+                .filter(|o| {
+                    routing::takes_fast_lane(
+                        o.order(),
+                        o.site(),
+                        &f.topology,
+                        &staffed,
+                        &f.routing,
+                        samples::MONDAY_8AM,
+                    )
+                })
+                .count()
+        })
+    });
+    group.bench_function("fast_lane_assess", |b| {
+        b.iter(|| {
+            orders
+                .iter()
+                .filter(|o| {
+                    let tier = routing::assess(
+                        o.order(),
+                        o.site(),
+                        &f.topology,
+                        &staffed,
+                        &f.routing,
+                        samples::MONDAY_8AM,
+                    )
+                    .tier;
+                    routing::is_fast_lane(o.order(), tier)
+                })
+                .count()
+        })
+    });
     group.finish();
 }
 

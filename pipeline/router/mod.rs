@@ -421,15 +421,14 @@ impl Loop {
                     return Ok(());
                 }
                 self.metrics.order_accepted();
-                let assessment = routing::assess(
+                if routing::takes_fast_lane(
                     order.order(),
                     order.site(),
                     &self.parts.topology,
                     &self.roster,
                     &self.parts.routing,
                     now_ms,
-                );
-                if routing::is_fast_lane(order.order(), assessment.tier) {
+                ) {
                     self.metrics
                         .batch_closed(CloseReason::FastLane, order.site(), partition, 1);
                     task.staged.push(offset);

@@ -116,6 +116,36 @@ pub fn assess(
     }
 }
 
+/// Whether `order` takes the fast lane at `site`: the answer of
+/// [`is_fast_lane`] for [`assess`]'s tier, with the roster read only when the
+/// answer depends on it. The weights are non-negative, so the tier can only
+/// rise with the trade-match part: an order that is fast with no match at
+/// all, or not fast even with a full match, is decided without copying the
+/// site's technicians. That is most orders, and this runs for every order.
+pub fn takes_fast_lane(
+    order: &NormalizedWorkOrder,
+    site: &str,
+    topology: &Topology,
+    roster: &dyn RosterView,
+    config: &RoutingConfig,
+    now_ms: i64,
+) -> bool {
+    let fast_with = |trade_match: f64| {
+        let score = score::score(order, trade_match, config, now_ms);
+        is_fast_lane(order, tier::tier(order, &score, config, now_ms))
+    };
+    if fast_with(0.0) {
+        return true;
+    }
+    if !fast_with(1.0) {
+        return false;
+    }
+    is_fast_lane(
+        order,
+        assess(order, site, topology, roster, config, now_ms).tier,
+    )
+}
+
 /// Splits a closed batch of one input partition into packets, one per
 /// destination topic and trade; see the module docs.
 pub fn route_batch(

@@ -646,3 +646,35 @@ fn nyc311_replay_routes_each_complaint_to_its_trade() {
         assert_eq!(routed.unassigned_reason, Some(expected), "{id}");
     }
 }
+
+proptest! {
+    /// The fast-lane shortcut gives the same answer as assessing the order
+    /// against the roster, whatever the thresholds: it only skips the roster
+    /// when the trade match cannot change the answer.
+    #[test]
+    fn fast_lane_shortcut_agrees_with_a_full_assessment(
+        (orders, roster) in batch_and_roster(),
+        critical in 0.0..1.5f64,
+        high_below in 0.0..1.0f64,
+        life_safety in prop::collection::vec(any::<bool>(), 25),
+    ) {
+        let t = topology();
+        let config = RoutingConfig {
+            critical_threshold: critical,
+            high_threshold: critical * high_below,
+            ..RoutingConfig::default()
+        };
+        for (mut order, life) in orders.into_iter().zip(life_safety) {
+            if life {
+                order.safety_class = SafetyClass::LifeSafety;
+            }
+            let full = is_fast_lane(&order, assess(&order, "S1", &t, &roster, &config, NOW).tier);
+            prop_assert_eq!(
+                takes_fast_lane(&order, "S1", &t, &roster, &config, NOW),
+                full,
+                "order {:?}",
+                order
+            );
+        }
+    }
+}
