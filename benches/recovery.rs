@@ -36,23 +36,18 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use cmms_router::model::samples;
-use common::World;
+use common::{RouterProcess, World};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{Offset, TopicPartitionList};
-
-/// The router binary. Cargo sets this for benches as for integration tests,
-/// so there is no path to guess and no stale binary to run.
-const ROUTER_BIN: &str = env!("CARGO_BIN_EXE_cmms-router");
 
 /// Input partitions: more than one, so assignment and restore are per
 /// partition as in production.
@@ -66,6 +61,10 @@ const PACKET_WAIT: Duration = Duration::from_secs(60);
 
 /// The longest wait for the whole history to be dispatched.
 const HISTORY_WAIT: Duration = Duration::from_secs(120);
+
+/// Router log level: info shows the startup milestones; debug would log
+/// every record.
+const LOG: &str = "info";
 
 /// Pause before each kill, so every kill hits a settled instance rather than
 /// one still joining or restoring after the previous restart.
@@ -104,65 +103,6 @@ const SMOKE: Plan = Plan {
     steady: 1,
     recoveries: 1,
 };
-
-/// A router process; killed on drop so a failed run leaves no orphan behind.
-struct Router {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Router {
-    fn spawn(config: &Path, log: &Path) -> Self {
-        let out = std::fs::File::create(log).expect("router log file");
-        let child = Command::new(ROUTER_BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            // Info shows the milestones; debug would log every record.
-            .env("RUST_LOG", "info")
-            .env_remove("CMMS_ROUTER_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .expect("router binary starts");
-        Self {
-            child,
-            log: log.to_path_buf(),
-        }
-    }
-
-    /// SIGKILL: no flush, no commit, no leaving the group.
-    fn kill_hard(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("killed router reaped");
-    }
-
-    /// SIGTERM and wait for the clean exit.
-    fn stop(mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success(), "kill -TERM failed");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.child.try_wait().expect("wait").is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "router did not stop after SIGTERM; log in {}",
-                self.log.display()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
 
 /// An independent read_committed reader of every packet topic, from the
 /// beginning, kept open so each wait starts where the last one ended.
@@ -275,7 +215,7 @@ fn recover(
     runtime: &tokio::runtime::Runtime,
     reader: &Reader<'_>,
     producer: &FutureProducer,
-    router: &mut Router,
+    router: &mut RouterProcess,
     config: &Path,
     state: Option<&Path>,
     log: &Path,
@@ -288,7 +228,7 @@ fn recover(
     if let Some(state) = state {
         std::fs::remove_dir_all(state).expect("state directory removed");
     }
-    *router = Router::spawn(config, log);
+    *router = RouterProcess::spawn(config, log, LOG);
     let took = reader.round_trip(runtime, producer, id, killed_at);
     let (milestones, restored_records) = read_log(log, killed_wall);
     Recovery {
@@ -380,7 +320,7 @@ fn main() {
     let log = |n: usize| world.dir.path().join(format!("router-{n}.log"));
     let producer = world.producer();
     let reader = Reader::new(&world);
-    let mut router = Router::spawn(&config, &log(0));
+    let mut router = RouterProcess::spawn(&config, &log(0), LOG);
 
     // 1. History, read back in full: dispatched, and its dedup entries committed.
     let started = Instant::now();

@@ -9,79 +9,19 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cmms_router::model::{samples, DeadLetterReason, NormalizedWorkOrder};
-use common::World;
+use common::{RouterProcess, World};
 use rdkafka::producer::FutureProducer;
 
 const READ: Duration = Duration::from_secs(60);
 
-/// A router process with its own config file and log.
-struct Process {
-    child: Child,
-    log: PathBuf,
-}
+/// Router log level: debug shows each duplicate and skipped record.
+const LOG: &str = "info,cmms_router=debug";
 
-fn spawn(config: &Path, log: &Path) -> Process {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_cmms-router"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info,cmms_router=debug")
-        .env_remove("CMMS_ROUTER_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(out)
-        .spawn()
-        .expect("router binary starts");
-    Process {
-        child,
-        log: log.to_path_buf(),
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        // A failing assertion must not leave a router running past the test.
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Process {
-    fn kill_hard(&mut self) {
-        // std's kill is SIGKILL: no flush, no commit, no goodbye to the group.
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-
-    fn stop_gracefully(mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                assert!(status.success(), "router exited with {status}; log:\n{log}");
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "router did not stop after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+fn spawn(config: &Path, log: &Path) -> RouterProcess {
+    RouterProcess::spawn(config, log, LOG)
 }
 
 /// Cheap randomness without another dependency: a fresh v4 UUID's bits.
@@ -239,7 +179,7 @@ async fn killed_and_restarted_router_routes_every_order_exactly_once() {
     router.kill_hard();
     let router = spawn(&config, &log);
     check_exactly_once(&world, &traffic);
-    router.stop_gracefully();
+    router.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,7 +193,7 @@ async fn lost_state_directory_is_rebuilt_from_the_changelog() {
     let router = spawn(&config, &log);
     let traffic = send_traffic(&world, &producer, 60, Duration::from_millis(5)).await;
     check_exactly_once(&world, &traffic);
-    router.stop_gracefully();
+    router.stop();
 
     // The disk is gone while the router is stopped.
     std::fs::remove_dir_all(&state).expect("state dir removed");
@@ -288,7 +228,7 @@ async fn lost_state_directory_is_rebuilt_from_the_changelog() {
         traffic.valid.len() + 1,
         "no re-sent order was dispatched again"
     );
-    router.stop_gracefully();
+    router.stop();
     assert!(state.exists(), "state directory recreated");
 }
 
@@ -319,9 +259,9 @@ async fn a_second_instance_takes_over_a_killed_ones_partitions_exactly_once() {
             }
         }
     };
-    if a.child.try_wait().expect("wait").is_none() {
+    if a.is_running() {
         a.kill_hard();
     }
     check_exactly_once(&world, &traffic);
-    b.stop_gracefully();
+    b.stop();
 }

@@ -74,6 +74,21 @@ pub fn technician(id: &str, site: &str, trade: &str) -> TechnicianRoster {
     }
 }
 
+/// An hvac technician at site S1 holding exactly `certs`: (code, expiry as
+/// millis after [`MONDAY_8AM`], or `None` for no expiry).
+pub fn certified_technician(id: &str, certs: &[(&str, Option<i64>)]) -> TechnicianRoster {
+    TechnicianRoster {
+        certifications: certs
+            .iter()
+            .map(|(code, expires)| Certification {
+                code: (*code).to_string(),
+                expires_at: expires.map(|e| MONDAY_8AM + e),
+            })
+            .collect(),
+        ..technician(id, "S1", "hvac")
+    }
+}
+
 /// A packet holding the given orders.
 pub fn packet(orders: Vec<NormalizedWorkOrder>) -> DispatchBatch {
     let site = orders

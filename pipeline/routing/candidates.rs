@@ -343,17 +343,7 @@ mod tests {
         o
     }
 
-    fn tech(id: &str, certs: &[(&str, Option<i64>)]) -> TechnicianRoster {
-        let mut t = samples::technician(id, "S1", "hvac");
-        t.certifications = certs
-            .iter()
-            .map(|(code, expires)| Certification {
-                code: (*code).into(),
-                expires_at: expires.map(|e| NOW + e),
-            })
-            .collect();
-        t
-    }
+    use crate::model::samples::certified_technician as tech;
 
     fn ids(a: &Assignment) -> Vec<&str> {
         match a {

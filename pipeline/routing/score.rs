@@ -140,7 +140,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::model::{samples, Certification, PmSchedule, SafetyClass};
+    use crate::model::{samples, PmSchedule, SafetyClass};
     use crate::routing::config::tests::config;
 
     const HOUR: i64 = 3_600_000;
@@ -244,17 +244,7 @@ mod tests {
     fn trade_match_table() {
         let mut order = samples::work_order("A", "S1", "hvac");
         order.required_skills = vec!["EPA608".into(), "NFPA70E".into()];
-        let tech = |id: &str, certs: &[(&str, Option<i64>)]| {
-            let mut t = samples::technician(id, "S1", "hvac");
-            t.certifications = certs
-                .iter()
-                .map(|(code, expires)| Certification {
-                    code: (*code).into(),
-                    expires_at: expires.map(|e| NOW + e),
-                })
-                .collect();
-            t
-        };
+        let tech = samples::certified_technician;
         let elsewhere = {
             let mut t = tech("T9", &[("EPA608", None), ("NFPA70E", None)]);
             t.sites = vec!["S2".into()];

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -466,5 +467,80 @@ impl RunningRouter {
     /// Whether the loop is still running.
     pub fn is_running(&self) -> bool {
         !self.handle.is_finished()
+    }
+}
+
+/// The router binary running as its own process, with its log in a file;
+/// killed on drop, so a failing assertion leaves no router running.
+pub struct RouterProcess {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl RouterProcess {
+    /// Starts `cmms-router run --config <config>`, appending its log (at
+    /// `rust_log`) to `log`.
+    pub fn spawn(config: &Path, log: &Path, rust_log: &str) -> Self {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("router log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_cmms-router"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", rust_log)
+            .env_remove("CMMS_ROUTER_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("router binary starts");
+        Self {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Whether the process has not exited yet.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL (std's kill): no flush, no commit, no leaving the group.
+    pub fn kill_hard(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("killed router reaped");
+    }
+
+    /// SIGTERM, then waits up to 60 s for a clean exit (status 0).
+    pub fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                assert!(status.success(), "router exited with {status}; log:\n{log}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "router did not stop after SIGTERM; log in {}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for RouterProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
