@@ -101,14 +101,31 @@ fn check_exactly_once(world: &World, traffic: &Traffic) {
         .filter(|id| !seen.contains_key(*id))
         .collect();
     let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    // Where each repeated order went: input coordinates and packet.
+    let repeats: Vec<String> = packets
+        .iter()
+        .flat_map(|(topic, p)| {
+            p.orders
+                .iter()
+                .filter(|o| seen.get(&o.order.order_id).is_some_and(|n| *n > 1))
+                .map(move |o| {
+                    format!(
+                        "{} from {}@{} in {topic} {} {:?} closed {}",
+                        o.order.order_id,
+                        o.source_partition,
+                        o.source_offset,
+                        p.batch_id,
+                        p.close_reason,
+                        p.closed_at
+                    )
+                })
+        })
+        .collect();
     assert!(
-        missing.is_empty(),
-        "{} orders never dispatched: {missing:?}",
-        missing.len()
-    );
-    assert!(
-        repeated.is_empty(),
-        "orders dispatched more than once: {repeated:?}"
+        repeated.is_empty() && missing.is_empty(),
+        "{} orders never dispatched: {missing:?}; orders dispatched more than once: {repeated:?}:\n{}",
+        missing.len(),
+        repeats.join("\n")
     );
     assert_eq!(
         total,
@@ -264,4 +281,94 @@ async fn a_second_instance_takes_over_a_killed_ones_partitions_exactly_once() {
     }
     check_exactly_once(&world, &traffic);
     b.stop();
+}
+
+/// The last 40 lines of a router log above debug level, for failure messages.
+fn log_tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().filter(|l| !l.contains(" DEBUG ")).collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn log_has(log: &Path, text: &str) -> bool {
+    std::fs::read_to_string(log).is_ok_and(|l| l.contains(text))
+}
+
+/// Sends a signal to a process by pid (`kill -<signal>`).
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_instance_loses_its_partitions_and_output_stays_exactly_once() {
+    let world = World::new("zombie", 4).await;
+    // The broker's minimum session timeout: the pause below outlasts it.
+    let session = "[kafka.client]\n\"session.timeout.ms\" = \"6000\"\n";
+    let config = |name: &str| {
+        let path = world.dir.path().join(format!("{name}.toml"));
+        let state = world.dir.path().join(format!("state-{name}"));
+        let text = world.config_text(5, 300, name, &state) + session;
+        std::fs::write(&path, text).expect("config");
+        path
+    };
+    let (config_a, config_b) = (config("a"), config("b"));
+    let producer = world.producer();
+
+    let mut a = spawn(&config_a, &world.dir.path().join("a.log"));
+    let b = spawn(&config_b, &world.dir.path().join("b.log"));
+    let traffic = {
+        let sender = send_traffic(&world, &producer, 1_000, Duration::from_millis(15));
+        tokio::pin!(sender);
+        // SIGSTOP freezes the instance wherever it is, perhaps inside a
+        // transaction; the group moves its partitions to b after the
+        // session timeout; SIGCONT wakes it as a zombie that must not get
+        // anything committed for them.
+        // Paused only once it routes (it may join the group after b).
+        let mut pause_at = None;
+        let (mut paused, mut resumed) = (false, false);
+        loop {
+            tokio::select! {
+                traffic = &mut sender => break traffic,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                    if pause_at.is_none() && log_has(&a.log, "first transaction committed") {
+                        pause_at = Some(Instant::now() + Duration::from_millis(random_below(1_000)));
+                    }
+                    let resume_at = pause_at.map(|p| p + Duration::from_secs(9));
+                    if !paused && pause_at.is_some_and(|p| Instant::now() >= p) {
+                        signal(a.pid(), "STOP");
+                        paused = true;
+                    }
+                    if paused && !resumed && resume_at.is_some_and(|r| Instant::now() >= r) {
+                        signal(a.pid(), "CONT");
+                        resumed = true;
+                    }
+                }
+            }
+        }
+    };
+    // The zombie notices when librdkafka next talks to the group.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let log = loop {
+        let log = std::fs::read_to_string(&a.log).unwrap_or_default();
+        if log.contains("partitions gone without a handover") || !a.is_running() {
+            break log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no loss noticed; the log ends:\n{}",
+            log_tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        a.is_running(),
+        "the resumed instance goes on; its log ends:\n{}",
+        log_tail(&log)
+    );
+    check_exactly_once(&world, &traffic);
+    b.stop();
+    a.stop();
 }

@@ -242,7 +242,7 @@ pub async fn run(
     if consumer_config.get("fetch.wait.max.ms").is_none() {
         consumer_config.set("fetch.wait.max.ms", "100");
     }
-    let consumer: StreamConsumer<RouterContext> = consumer_config
+    let consumer: Input = consumer_config
         .set("group.id", &config.kafka.group_id)
         .set("group.instance.id", &config.kafka.transactional_id)
         .set("enable.auto.commit", "false")
@@ -252,6 +252,7 @@ pub async fn run(
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("statistics.interval.ms", "5000")
         .create_with_context(context)
+        .map(Arc::new)
         .map_err(RouterError::Setup)?;
     consumer
         .subscribe(&[&parts.topology.input.name])
@@ -311,6 +312,9 @@ pub async fn run(
     result.map(|()| state.summary)
 }
 
+/// The input consumer, shared with blocking calls on the blocking pool.
+type Input = Arc<StreamConsumer<RouterContext>>;
+
 /// Sets the consumer context's `closing` flag when dropped.
 struct CloseOnDrop(Arc<AtomicBool>);
 
@@ -321,7 +325,7 @@ impl Drop for CloseOnDrop {
 }
 
 /// Whether `partition` of `topic` is in the consumer's current assignment.
-fn is_assigned(consumer: &StreamConsumer<RouterContext>, topic: &str, partition: i32) -> bool {
+fn is_assigned(consumer: &Input, topic: &str, partition: i32) -> bool {
     consumer
         .assignment()
         .map(|a| a.find_partition(topic, partition).is_some())
@@ -357,7 +361,7 @@ impl Loop {
 
     async fn on_message(
         &mut self,
-        consumer: &StreamConsumer<RouterContext>,
+        consumer: &Input,
         message: Result<BorrowedMessage<'_>, KafkaError>,
     ) -> Result<(), RouterError> {
         let message = match message {
@@ -386,7 +390,7 @@ impl Loop {
         // assignment event is still queued): restore first. The borrowed
         // message cannot be held across the restore, so it is copied.
         let owned: OwnedMessage = message.detach();
-        self.restore(&[owned.partition()]).await?;
+        self.restore(consumer, &[owned.partition()]).await?;
         self.process(&owned)
     }
 
@@ -567,10 +571,7 @@ impl Loop {
         Ok(())
     }
 
-    async fn on_tick(
-        &mut self,
-        consumer: &StreamConsumer<RouterContext>,
-    ) -> Result<(), RouterError> {
+    async fn on_tick(&mut self, consumer: &Input) -> Result<(), RouterError> {
         let now = Instant::now();
         let now_ms = now_millis();
         let mut expired = Vec::new();
@@ -627,10 +628,7 @@ impl Loop {
     /// Commits the staged output, the dedup changelog and the offsets in one
     /// transaction, then applies the dedup changes locally; on an abortable
     /// error, rewinds. Only fatal errors are returned.
-    async fn commit(
-        &mut self,
-        consumer: &StreamConsumer<RouterContext>,
-    ) -> Result<(), RouterError> {
+    async fn commit(&mut self, consumer: &Input) -> Result<(), RouterError> {
         self.last_commit = Instant::now();
         let input = self.parts.topology.input.name.clone();
         let mut offsets = TopicPartitionList::new();
@@ -712,18 +710,28 @@ impl Loop {
 
     /// Forgets everything uncommitted and seeks every partition back to its
     /// committed offset.
-    fn rewind(&mut self, consumer: &StreamConsumer<RouterContext>) -> Result<(), RouterError> {
+    fn rewind(&mut self, consumer: &Input) -> Result<(), RouterError> {
         self.staged = Staged::default();
         self.dedup.discard_staged();
+        let input = &self.parts.topology.input.name;
+        let mut gone = Vec::new();
         for (&partition, task) in &mut self.tasks {
             task.discard_uncommitted();
             let mut attempts = 0;
             while let Err(e) = consumer.seek(
-                &self.parts.topology.input.name,
+                input,
                 partition,
                 Offset::Offset(task.committed),
                 Duration::from_secs(10),
             ) {
+                if consumer.assignment_lost() || !is_assigned(consumer, input, partition) {
+                    // The group took the partition away meanwhile (this
+                    // instance was paused past its session timeout, say);
+                    // its revocation event follows. Nothing of it may be
+                    // committed any more, so it is forgotten now.
+                    gone.push(partition);
+                    break;
+                }
                 attempts += 1;
                 if attempts >= 3 {
                     // Going on without the seek would skip records and later
@@ -739,13 +747,31 @@ impl Loop {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        if !gone.is_empty() {
+            tracing::warn!(partitions = ?gone, "partitions lost while rewinding; dropped");
+        }
+        for partition in gone {
+            self.tasks.remove(&partition);
+            self.dedup.release(partition);
+        }
         Ok(())
     }
 
     /// Restores the dedup state of `partitions` from the changelog (blocking
     /// work on the blocking pool, one consumer for all of them) and takes
     /// ownership of them.
-    async fn restore(&mut self, partitions: &[i32]) -> Result<(), RouterError> {
+    ///
+    /// First it waits until the committed input offsets of the partitions
+    /// are stable: a read_committed consumer's offset fetch is answered only
+    /// once no open transaction holds offsets for them. A previous owner
+    /// that was paused (a zombie) may still finish a transaction whose
+    /// offsets the group accepted before it lost the partitions, and whose
+    /// changelog records had not reached the broker yet; restoring before
+    /// that transaction ends would miss its dedup entries, and its orders
+    /// would be routed again. Every transaction that writes dedup entries of
+    /// a partition also carries that partition's input offset, so once the
+    /// offsets are stable its changelog is final.
+    async fn restore(&mut self, consumer: &Input, partitions: &[i32]) -> Result<(), RouterError> {
         let todo: Vec<i32> = partitions
             .iter()
             .copied()
@@ -754,6 +780,7 @@ impl Loop {
         if todo.is_empty() {
             return Ok(());
         }
+        self.await_stable_offsets(consumer, &todo).await?;
         let store = self.dedup.state_store().clone();
         let (codec, client, topic, metrics) = (
             self.parts.codec.clone(),
@@ -785,10 +812,38 @@ impl Loop {
         Ok(())
     }
 
-    async fn on_rebalance(
+    /// Waits (with backoff, however long it takes) until the committed
+    /// offsets of input `partitions` are stable; see [`Loop::restore`].
+    async fn await_stable_offsets(
         &mut self,
-        consumer: &StreamConsumer<RouterContext>,
+        consumer: &Input,
+        partitions: &[i32],
     ) -> Result<(), RouterError> {
+        let mut tpl = TopicPartitionList::new();
+        for &p in partitions {
+            tpl.add_partition(&self.parts.topology.input.name, p);
+        }
+        let mut backoff = Backoff::new();
+        loop {
+            let (consumer, tpl) = (consumer.clone(), tpl.clone());
+            let fetched = tokio::task::spawn_blocking(move || {
+                consumer.committed_offsets(tpl, Duration::from_secs(10))
+            })
+            .await
+            .map_err(|e| RouterError::Thread(std::io::Error::other(e)))?;
+            match fetched {
+                Ok(_) => return Ok(()),
+                // Usually an open transaction of the previous owner, which
+                // ends by commit, abort or its transaction timeout.
+                Err(e) => {
+                    self.metrics.retried("fetch_stable_offsets", &e);
+                    tokio::time::sleep(backoff.next()).await;
+                }
+            }
+        }
+    }
+
+    async fn on_rebalance(&mut self, consumer: &Input) -> Result<(), RouterError> {
         while let Ok(event) = self.events.try_recv() {
             match event {
                 RebalanceEvent::Revoked {
@@ -799,14 +854,14 @@ impl Loop {
                     if handover {
                         consumer
                             .context()
-                            .finish_revoke(consumer, &partitions)
+                            .finish_revoke(consumer.as_ref(), &partitions)
                             .map_err(RouterError::Rebalance)?;
                     }
                 }
                 RebalanceEvent::Assigned(partitions) => {
                     tracing::info!(?partitions, "partitions assigned; restoring their state");
                     self.health.set_ready(false);
-                    self.restore(&partitions).await?;
+                    self.restore(consumer, &partitions).await?;
                     self.health.set_ready(true);
                 }
             }
@@ -824,7 +879,7 @@ impl Loop {
     /// committed offsets.
     async fn revoke(
         &mut self,
-        consumer: &StreamConsumer<RouterContext>,
+        consumer: &Input,
         partitions: &[i32],
         handover: bool,
     ) -> Result<(), RouterError> {
