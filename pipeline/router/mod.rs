@@ -34,8 +34,10 @@
 //! the next owner, held back by the group until then, starts from this
 //! commit. A lost partition (the group already moved it) cannot be
 //! committed for: the uncommitted work of every partition is dropped and the
-//! partitions kept are rewound. An assigned partition's dedup state is
-//! restored from the changelog before any of its records is routed.
+//! partitions kept, if any, are rewound. An assigned partition's dedup state
+//! is restored from the changelog before any of its records is routed, and
+//! only once no transaction of a previous owner (a paused instance, say) can
+//! still commit for it (see `Loop::restore`).
 
 mod context;
 mod roster_tail;
@@ -635,7 +637,14 @@ impl Loop {
         let mut targets = Vec::new();
         for (&partition, task) in &self.tasks {
             let target = task.commit_target();
-            if target != task.committed || !task.staged.is_empty() {
+            // A partition whose changelog is written carries its offset even
+            // when it has not moved (expiry tombstones alone): the group then
+            // checks that this instance still owns it, so a paused instance
+            // cannot commit changelog records after it lost the partition.
+            if target != task.committed
+                || !task.staged.is_empty()
+                || self.dedup.staged().touches(partition)
+            {
                 offsets
                     .add_partition_offset(&input, partition, Offset::Offset(target))
                     .map_err(RouterError::Setup)?;
@@ -926,6 +935,8 @@ impl Loop {
         if !handover && self.has_uncommitted() {
             // What is staged may include the lost partitions' work, which
             // must not be committed now; drop it all and re-read the rest.
+            // (librdkafka declares the whole assignment lost at once, so in
+            // practice nothing is kept that would be re-read.)
             self.metrics
                 .transaction_aborted("rebalance", &"partitions gone without a handover");
             self.rewind(consumer)?;

@@ -151,6 +151,11 @@ impl StagedDedup {
         self.len() == 0 && self.stale_index.is_empty()
     }
 
+    /// Whether the changes write changelog records of `partition`.
+    pub fn touches(&self, partition: i32) -> bool {
+        self.ops.get(&partition).is_some_and(|ops| !ops.is_empty())
+    }
+
     /// The changelog records to write in the transaction, partition by
     /// partition: produce each to its `partition` of the changelog topic.
     pub fn changelog(&self) -> impl Iterator<Item = ChangelogWrite<'_>> + '_ {
@@ -640,7 +645,11 @@ mod tests {
             .map(|w| w.order_id)
             .collect();
         assert_eq!(tombstones, ["WO-0", "WO-1", "WO-2"]);
+        // The router commits partition 0's offset with these tombstones.
+        assert!(d.staged().touches(0));
+        assert!(!d.staged().touches(1));
         commit(&mut d, &[(0, 7)]);
+        assert!(!d.staged().touches(0));
         // Nothing left to sweep in partition 0; partition 1 untouched.
         assert_eq!(
             d.expire(0, now, 10).expect("expire"),
