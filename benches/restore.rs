@@ -251,7 +251,7 @@ fn main() {
         stats.batches
     );
     println!(
-        "ratio:    restore / plain consume = {:.2} ({:.1}x slower); local state {:.1} MiB",
+        "ratio:    restore rate / plain consume rate = {:.2} (the restore takes {:.2}x the consume's time); local state {:.1} MiB",
         restore_rate / base_rate,
         base_rate / restore_rate,
         dir_size(dir.path()) as f64 / (1024.0 * 1024.0)
