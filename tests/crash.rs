@@ -2,18 +2,27 @@
 //! random points while replayed traffic flows, restarted each time, and in
 //! the end an independent read_committed consumer finds every valid, unique
 //! order in exactly one packet and every bad record in exactly one dead
-//! letter. Also: losing the state directory, and a second instance taking
-//! over from a killed one.
+//! letter. Also: losing the state directory, a second instance taking
+//! over from a killed one, and a paused instance waking up as a zombie.
+//!
+//! The traffic is either built here (orders over a few sites and trades,
+//! undecodable bytes, orders without a site, upstream re-sends) or a day of
+//! real NYC 311 requests converted by the replay (`../shared/data`).
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cmms_router::model::{samples, DeadLetterReason, NormalizedWorkOrder};
+use cmms_router::intake;
+use cmms_router::model::{samples, DeadLetterReason, DispatchBatch, NormalizedWorkOrder};
+use cmms_router::replay::{self, Source};
+use cmms_router::telemetry::now_millis;
+use cmms_router::topology::TradeRoute;
 use common::{RouterProcess, World};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const READ: Duration = Duration::from_secs(60);
 
@@ -78,7 +87,125 @@ async fn send_traffic(
     traffic
 }
 
-fn check_exactly_once(world: &World, traffic: &Traffic) {
+/// A day of real NYC 311 requests, converted by the replay and rebased to
+/// now; `None` when the data set is absent.
+fn nyc311_orders() -> Option<Vec<NormalizedWorkOrder>> {
+    let path = common::data_file(Source::Nyc311)?;
+    let mut orders = replay::load(Source::Nyc311, &path).expect("nyc311 data loads");
+    replay::rebase(&mut orders, now_millis());
+    Some(orders)
+}
+
+/// What the router must make of `orders`, decided by the library's own
+/// validation: rows without an address are expected as dead letters.
+fn expected(world: &World, orders: &[NormalizedWorkOrder]) -> Traffic {
+    let mut traffic = Traffic {
+        valid: BTreeMap::new(),
+        bad: Vec::new(),
+    };
+    for order in orders {
+        match intake::validate(order.clone(), &world.topology) {
+            Ok(valid) => {
+                let routed_as = (valid.site().to_string(), order.trade.clone());
+                let first = traffic.valid.insert(order.order_id.clone(), routed_as);
+                assert!(first.is_none(), "order ids in the data set are unique");
+            }
+            Err(rejection) => {
+                let bytes = world.codec.encode_work_order(order).expect("encode");
+                traffic.bad.push((bytes, rejection.reason));
+            }
+        }
+    }
+    traffic
+}
+
+/// Sends `orders` in bursts of `BURST` (each burst's deliveries awaited
+/// before the next), every 17th order sent once more in the following
+/// burst, as an upstream re-send; returns the orders re-sent.
+async fn send_orders<'a>(
+    world: &World,
+    producer: &FutureProducer,
+    orders: &'a [NormalizedWorkOrder],
+) -> Vec<&'a NormalizedWorkOrder> {
+    const BURST: usize = 100;
+    let mut burst = Vec::with_capacity(BURST);
+    let mut resends = Vec::new();
+    let mut resent = Vec::new();
+    for (i, order) in orders.iter().enumerate() {
+        let key = order
+            .site_id
+            .clone()
+            .unwrap_or_else(|| order.order_id.clone());
+        let bytes = world.codec.encode_work_order(order).expect("encode");
+        if i % 17 == 3 {
+            resends.push((key.clone(), bytes.clone()));
+            resent.push(order);
+        }
+        burst.push((key, bytes));
+        if burst.len() >= BURST {
+            send_burst(world, producer, &burst).await;
+            burst = std::mem::take(&mut resends);
+            // Spreads the day over several seconds, so kills land in it.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    burst.append(&mut resends);
+    send_burst(world, producer, &burst).await;
+    resent
+}
+
+/// Enqueues every record, then awaits every delivery.
+async fn send_burst(world: &World, producer: &FutureProducer, records: &[(String, Vec<u8>)]) {
+    let deliveries: Vec<_> = records
+        .iter()
+        .map(|(key, value)| {
+            let record = FutureRecord::to(&world.topology.input.name)
+                .key(key.as_bytes())
+                .payload(value.as_slice());
+            producer
+                .send_result(record)
+                .unwrap_or_else(|(e, _)| panic!("enqueue failed: {e}"))
+        })
+        .collect();
+    for delivery in deliveries {
+        delivery
+            .await
+            .expect("producer alive")
+            .unwrap_or_else(|(e, _)| panic!("delivery failed: {e}"));
+    }
+}
+
+/// Drives `sender` to its end while SIGKILLing `router` up to `kills` times,
+/// each after a random pause in `pause` (ms), restarting it at once each
+/// time; returns the sender's output and the number of kills done.
+async fn kill_while<F: Future<Output = T>, T>(
+    sender: F,
+    router: &mut RouterProcess,
+    kills: usize,
+    pause: (u64, u64),
+    restart: impl Fn() -> RouterProcess,
+) -> (T, usize) {
+    tokio::pin!(sender);
+    let next = || Instant::now() + Duration::from_millis(pause.0 + random_below(pause.1 - pause.0));
+    let mut done = 0;
+    let mut next_kill = next();
+    loop {
+        tokio::select! {
+            out = &mut sender => break (out, done),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                if done < kills && Instant::now() >= next_kill {
+                    router.kill_hard();
+                    done += 1;
+                    *router = restart();
+                    next_kill = next();
+                }
+            }
+        }
+    }
+}
+
+/// Checks the output against `traffic` and returns the packets read.
+fn check_exactly_once(world: &World, traffic: &Traffic) -> Vec<(String, DispatchBatch)> {
     let packets = world.read_packets(traffic.valid.len(), READ);
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for (_, packet) in &packets {
@@ -154,6 +281,7 @@ fn check_exactly_once(world: &World, traffic: &Traffic) {
         got, expected,
         "the dead-letter topic holds exactly the bad records, once each"
     );
+    packets
 }
 
 fn write_config(world: &World, name: &str, instance: &str, state: &Path) -> PathBuf {
@@ -171,31 +299,84 @@ async fn killed_and_restarted_router_routes_every_order_exactly_once() {
     let producer = world.producer();
 
     let mut router = spawn(&config, &log);
-    let traffic = {
-        let sender = send_traffic(&world, &producer, 400, Duration::from_millis(15));
-        tokio::pin!(sender);
-        // Kill the router three times at random points while traffic flows.
-        let mut kills = 0;
-        let mut next_kill = Instant::now() + Duration::from_millis(1_000 + random_below(1_500));
-        loop {
-            tokio::select! {
-                traffic = &mut sender => break traffic,
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {
-                    if kills < 3 && Instant::now() >= next_kill {
-                        router.kill_hard();
-                        kills += 1;
-                        router = spawn(&config, &log);
-                        next_kill = Instant::now() + Duration::from_millis(1_000 + random_below(1_500));
-                    }
-                }
-            }
-        }
-    };
+    // Kill the router three times at random points while traffic flows.
+    let sender = send_traffic(&world, &producer, 400, Duration::from_millis(15));
+    let (traffic, kills) = kill_while(sender, &mut router, 3, (1_000, 2_500), || {
+        spawn(&config, &log)
+    })
+    .await;
+    // 400 orders 15 ms apart take over 6 s: room for two kills at least.
+    assert!(kills >= 2, "{kills} kills while traffic flowed");
     // One more kill after the traffic, before everything is dispatched.
     tokio::time::sleep(Duration::from_millis(200)).await;
     router.kill_hard();
     let router = spawn(&config, &log);
     check_exactly_once(&world, &traffic);
+    router.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_nyc311_day_survives_kills_exactly_once() {
+    let Some(orders) = nyc311_orders() else {
+        return;
+    };
+    let world = World::new("crash-nyc", 3).await;
+    let mut traffic = expected(&world, &orders);
+    assert!(
+        traffic.valid.len() > 1_000 && !traffic.bad.is_empty(),
+        "the day holds routable requests and requests without an address"
+    );
+    // One technician on shift for every building trade at every site of the
+    // day, so building work reaches its trade topic.
+    let mut tech = common::on_shift_now("T-NYC", "", "hvac");
+    let sites: BTreeSet<&str> = traffic.valid.values().map(|(s, _)| s.as_str()).collect();
+    tech.sites = sites.iter().map(|s| s.to_string()).collect();
+    tech.trades = ["hvac", "plumbing", "electrical", "elevator", "general"]
+        .map(String::from)
+        .to_vec();
+    tech.certifications.clear();
+    world.publish_roster("T-NYC", Some(&tech)).await;
+
+    let state = world.dir.path().join("state-nyc");
+    let config = write_config(&world, "nyc", "nyc", &state);
+    let log = world.dir.path().join("router-nyc.log");
+    let producer = world.producer();
+    let mut router = spawn(&config, &log);
+    let sender = send_orders(&world, &producer, &orders);
+    let (resent, kills) = kill_while(sender, &mut router, 3, (500, 1_200), || {
+        spawn(&config, &log)
+    })
+    .await;
+    // 25 bursts 200 ms apart take over 5 s; three kills take under 4 s.
+    assert_eq!(kills, 3, "kills while the day was replayed");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    router.kill_hard();
+    let router = spawn(&config, &log);
+    eprintln!(
+        "nyc311: {} routable orders at {} sites, {} without an address, {} re-sent",
+        traffic.valid.len(),
+        sites.len(),
+        traffic.bad.len(),
+        resent.len()
+    );
+    // A re-sent routable order is a duplicate; a re-sent bad record is a
+    // record of its own and is dead-lettered again.
+    let bad_again = expected(&world, &resent.into_iter().cloned().collect::<Vec<_>>()).bad;
+    traffic.bad.extend(bad_again);
+
+    let packets = check_exactly_once(&world, &traffic);
+    // Building work is on its trade's topic, the rest on the fallback.
+    for (topic, packet) in &packets {
+        let want = match world.topology.route(&packet.trade) {
+            Some(TradeRoute::Topic(t)) => t,
+            _ => &world.topology.fallback.name,
+        };
+        assert_eq!(
+            topic, want,
+            "packet {} of {}",
+            packet.batch_id, packet.trade
+        );
+    }
     router.stop();
 }
 

@@ -285,11 +285,14 @@ pub(crate) mod tests {
     use super::*;
     use crate::codec::Codec;
 
-    /// The shared data directory, relative to the crate root.
+    /// The data set's file in `CMMS_DATA_DIR`, or in the shared data
+    /// directory beside the repository.
     pub(crate) fn data_file(source: Source) -> Option<PathBuf> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/data")
-            .join(source.default_file());
+        let dir = std::env::var_os("CMMS_DATA_DIR").map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"),
+            PathBuf::from,
+        );
+        let path = dir.join(source.default_file());
         if path.is_file() {
             Some(path)
         } else {

@@ -19,6 +19,7 @@ use cmms_router::config::RouterConfig;
 use cmms_router::model::{
     samples, DeadLetter, DispatchBatch, NormalizedWorkOrder, TechnicianRoster,
 };
+use cmms_router::replay::Source;
 use cmms_router::router::{self, Health, RouterError, RunSummary};
 use cmms_router::routing::RoutingConfig;
 use cmms_router::telemetry::now_millis;
@@ -35,6 +36,21 @@ use tokio::task::JoinHandle;
 /// Repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A replay data set's file in `CMMS_DATA_DIR`, or in the shared data
+/// directory beside the repository; `None` (and a `skipping` line) when it
+/// is not there.
+pub fn data_file(source: Source) -> Option<PathBuf> {
+    let dir = std::env::var_os("CMMS_DATA_DIR")
+        .map_or_else(|| repo().join("../shared/data"), PathBuf::from);
+    let path = dir.join(source.default_file());
+    if path.is_file() {
+        Some(path)
+    } else {
+        eprintln!("skipping: replay data file {} is absent", path.display());
+        None
+    }
 }
 
 /// The broker the tests use.
