@@ -17,14 +17,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cmms_router::intake;
-use cmms_router::model::{samples, DeadLetterReason, DispatchBatch, NormalizedWorkOrder};
+use cmms_router::model::{samples, DeadLetterReason, NormalizedWorkOrder};
 use cmms_router::replay::{self, Source};
 use cmms_router::telemetry::now_millis;
 use cmms_router::topology::TradeRoute;
-use common::{RouterProcess, World};
+use common::{check_exactly_once, RouterProcess, Traffic, World, READ};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-
-const READ: Duration = Duration::from_secs(60);
 
 /// Router log level: debug shows each duplicate and skipped record.
 const LOG: &str = "info,cmms_router=debug";
@@ -36,13 +34,6 @@ fn spawn(config: &Path, log: &Path) -> RouterProcess {
 /// Cheap randomness without another dependency: a fresh v4 UUID's bits.
 fn random_below(n: u64) -> u64 {
     (uuid::Uuid::new_v4().as_u128() as u64) % n
-}
-
-/// The traffic: valid orders over several sites and trades, bad records in
-/// between, and upstream re-sends of orders already sent.
-struct Traffic {
-    valid: BTreeMap<String, (String, String)>,
-    bad: Vec<(Vec<u8>, DeadLetterReason)>,
 }
 
 async fn send_traffic(
@@ -202,91 +193,6 @@ async fn kill_while<F: Future<Output = T>, T>(
             }
         }
     }
-}
-
-/// Checks the output against `traffic` and returns the packets read.
-fn check_exactly_once(world: &World, traffic: &Traffic) -> Vec<(String, DispatchBatch)> {
-    let packets = world.read_packets(traffic.valid.len(), READ);
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, packet) in &packets {
-        for routed in &packet.orders {
-            let (site, trade) = traffic
-                .valid
-                .get(&routed.order.order_id)
-                .unwrap_or_else(|| panic!("unexpected order {}", routed.order.order_id));
-            assert_eq!(&packet.site_id, site);
-            assert_eq!(&packet.trade, trade);
-            *seen.entry(routed.order.order_id.clone()).or_default() += 1;
-        }
-    }
-    // Read on past the expected count: late duplicates would show up here.
-    let again = world.read_packets(traffic.valid.len() + 1, Duration::from_secs(5));
-    let total: usize = again.iter().map(|(_, p)| p.orders.len()).sum();
-    let missing: Vec<_> = traffic
-        .valid
-        .keys()
-        .filter(|id| !seen.contains_key(*id))
-        .collect();
-    let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    // Where each repeated order went: input coordinates and packet.
-    let repeats: Vec<String> = packets
-        .iter()
-        .flat_map(|(topic, p)| {
-            p.orders
-                .iter()
-                .filter(|o| seen.get(&o.order.order_id).is_some_and(|n| *n > 1))
-                .map(move |o| {
-                    format!(
-                        "{} from {}@{} in {topic} {} {:?} closed {}",
-                        o.order.order_id,
-                        o.source_partition,
-                        o.source_offset,
-                        p.batch_id,
-                        p.close_reason,
-                        p.closed_at
-                    )
-                })
-        })
-        .collect();
-    assert!(
-        repeated.is_empty() && missing.is_empty(),
-        "{} orders never dispatched: {missing:?}; orders dispatched more than once: {repeated:?}:\n{}",
-        missing.len(),
-        repeats.join("\n")
-    );
-    assert_eq!(
-        total,
-        traffic.valid.len(),
-        "a full re-read finds each order once"
-    );
-
-    // A killed instance's open transaction holds back read_committed readers
-    // of every partition it wrote to until the broker aborts it (up to the
-    // transaction timeout and the broker's abort sweep): wait for all the
-    // expected letters, then read once more for late duplicates.
-    world.read_dead_letters(traffic.bad.len(), READ);
-    let letters = world.read_dead_letters(traffic.bad.len() + 1, Duration::from_secs(5));
-    let mut expected: Vec<(Vec<u8>, &str)> = traffic
-        .bad
-        .iter()
-        .map(|(b, r)| (b.clone(), r.as_str()))
-        .collect();
-    let mut got: Vec<(Vec<u8>, &str)> = letters
-        .iter()
-        .map(|d| {
-            (
-                d.original_value.clone().unwrap_or_default(),
-                d.reason.as_str(),
-            )
-        })
-        .collect();
-    expected.sort();
-    got.sort();
-    assert_eq!(
-        got, expected,
-        "the dead-letter topic holds exactly the bad records, once each"
-    );
-    packets
 }
 
 fn write_config(world: &World, name: &str, instance: &str, state: &Path) -> PathBuf {

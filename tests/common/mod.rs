@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use cmms_router::codec::Codec;
 use cmms_router::config::RouterConfig;
 use cmms_router::model::{
-    samples, DeadLetter, DispatchBatch, NormalizedWorkOrder, TechnicianRoster,
+    samples, DeadLetter, DeadLetterReason, DispatchBatch, NormalizedWorkOrder, TechnicianRoster,
 };
 use cmms_router::replay::Source;
 use cmms_router::router::{self, Health, RouterError, RunSummary};
@@ -69,6 +69,106 @@ pub fn unique(label: &str) -> String {
 /// Loads the shipped schemas.
 pub fn codec() -> Arc<Codec> {
     Arc::new(Codec::load(&repo().join("schemas")).expect("shipped schemas load"))
+}
+
+/// How long a test waits for output it expects.
+pub const READ: Duration = Duration::from_secs(60);
+
+/// What was sent to the input, as the output must show it.
+pub struct Traffic {
+    /// Every valid, unique order id, with the site and trade its packet
+    /// must carry.
+    pub valid: BTreeMap<String, (String, String)>,
+    /// The bytes of every bad record sent, with its dead-letter reason.
+    pub bad: Vec<(Vec<u8>, DeadLetterReason)>,
+}
+
+/// Checks, with independent read_committed consumers, that every valid
+/// order of `traffic` is in exactly one packet (with its site and trade)
+/// and the dead-letter topic holds exactly its bad records, once each;
+/// returns the packets read.
+pub fn check_exactly_once(world: &World, traffic: &Traffic) -> Vec<(String, DispatchBatch)> {
+    let packets = world.read_packets(traffic.valid.len(), READ);
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, packet) in &packets {
+        for routed in &packet.orders {
+            let (site, trade) = traffic
+                .valid
+                .get(&routed.order.order_id)
+                .unwrap_or_else(|| panic!("unexpected order {}", routed.order.order_id));
+            assert_eq!(&packet.site_id, site);
+            assert_eq!(&packet.trade, trade);
+            *seen.entry(routed.order.order_id.clone()).or_default() += 1;
+        }
+    }
+    // Read on past the expected count: late duplicates would show up here.
+    let again = world.read_packets(traffic.valid.len() + 1, Duration::from_secs(5));
+    let total: usize = again.iter().map(|(_, p)| p.orders.len()).sum();
+    let missing: Vec<_> = traffic
+        .valid
+        .keys()
+        .filter(|id| !seen.contains_key(*id))
+        .collect();
+    let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    // Where each repeated order went: input coordinates and packet.
+    let repeats: Vec<String> = packets
+        .iter()
+        .flat_map(|(topic, p)| {
+            p.orders
+                .iter()
+                .filter(|o| seen.get(&o.order.order_id).is_some_and(|n| *n > 1))
+                .map(move |o| {
+                    format!(
+                        "{} from {}@{} in {topic} {} {:?} closed {}",
+                        o.order.order_id,
+                        o.source_partition,
+                        o.source_offset,
+                        p.batch_id,
+                        p.close_reason,
+                        p.closed_at
+                    )
+                })
+        })
+        .collect();
+    assert!(
+        repeated.is_empty() && missing.is_empty(),
+        "{} orders never dispatched: {missing:?}; orders dispatched more than once: {repeated:?}:\n{}",
+        missing.len(),
+        repeats.join("\n")
+    );
+    assert_eq!(
+        total,
+        traffic.valid.len(),
+        "a full re-read finds each order once"
+    );
+
+    // A killed instance's open transaction holds back read_committed readers
+    // of every partition it wrote to until the broker aborts it (up to the
+    // transaction timeout and the broker's abort sweep): wait for all the
+    // expected letters, then read once more for late duplicates.
+    world.read_dead_letters(traffic.bad.len(), READ);
+    let letters = world.read_dead_letters(traffic.bad.len() + 1, Duration::from_secs(5));
+    let mut expected: Vec<(Vec<u8>, &str)> = traffic
+        .bad
+        .iter()
+        .map(|(b, r)| (b.clone(), r.as_str()))
+        .collect();
+    let mut got: Vec<(Vec<u8>, &str)> = letters
+        .iter()
+        .map(|d| {
+            (
+                d.original_value.clone().unwrap_or_default(),
+                d.reason.as_str(),
+            )
+        })
+        .collect();
+    expected.sort();
+    got.sort();
+    assert_eq!(
+        got, expected,
+        "the dead-letter topic holds exactly the bad records, once each"
+    );
+    packets
 }
 
 /// One test's world: its own topics, group, transactional id and temp dir.
