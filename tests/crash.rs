@@ -22,7 +22,7 @@ use cmms_router::replay::{self, Source};
 use cmms_router::telemetry::now_millis;
 use cmms_router::topology::TradeRoute;
 use common::{check_exactly_once, RouterProcess, Traffic, World, READ};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 
 /// Router log level: debug shows each duplicate and skipped record.
 const LOG: &str = "info,cmms_router=debug";
@@ -134,36 +134,15 @@ async fn send_orders<'a>(
         }
         burst.push((key, bytes));
         if burst.len() >= BURST {
-            send_burst(world, producer, &burst).await;
+            world.send_all(producer, &burst).await;
             burst = std::mem::take(&mut resends);
             // Spreads the day over several seconds, so kills land in it.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
     burst.append(&mut resends);
-    send_burst(world, producer, &burst).await;
+    world.send_all(producer, &burst).await;
     resent
-}
-
-/// Enqueues every record, then awaits every delivery.
-async fn send_burst(world: &World, producer: &FutureProducer, records: &[(String, Vec<u8>)]) {
-    let deliveries: Vec<_> = records
-        .iter()
-        .map(|(key, value)| {
-            let record = FutureRecord::to(&world.topology.input.name)
-                .key(key.as_bytes())
-                .payload(value.as_slice());
-            producer
-                .send_result(record)
-                .unwrap_or_else(|(e, _)| panic!("enqueue failed: {e}"))
-        })
-        .collect();
-    for delivery in deliveries {
-        delivery
-            .await
-            .expect("producer alive")
-            .unwrap_or_else(|(e, _)| panic!("delivery failed: {e}"));
-    }
 }
 
 /// Drives `sender` to its end while SIGKILLing `router` up to `kills` times,

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use cmms_router::model::{samples, DeadLetterReason, NormalizedWorkOrder};
 use common::{check_exactly_once, RouterProcess, Traffic, World};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// How long the broker stays down: longer than librdkafka's request
 /// timeouts, shorter than the tests' 30 s transaction timeout.
@@ -82,27 +81,6 @@ impl Drop for LocalBroker {
     }
 }
 
-/// Enqueues every record (key, value), then awaits every delivery.
-async fn send_all(world: &World, producer: &FutureProducer, records: &[(String, Vec<u8>)]) {
-    let deliveries: Vec<_> = records
-        .iter()
-        .map(|(key, value)| {
-            let record = FutureRecord::to(&world.topology.input.name)
-                .key(key.as_bytes())
-                .payload(value.as_slice());
-            producer
-                .send_result(record)
-                .unwrap_or_else(|(e, _)| panic!("enqueue failed: {e}"))
-        })
-        .collect();
-    for delivery in deliveries {
-        delivery
-            .await
-            .expect("producer alive")
-            .unwrap_or_else(|(e, _)| panic!("delivery failed: {e}"));
-    }
-}
-
 /// `count` valid orders numbered from `first` over four sites and trades,
 /// with an undecodable record every 25th; added to `traffic`.
 fn orders(
@@ -157,12 +135,12 @@ async fn router_rides_out_a_broker_outage_and_routes_exactly_once() {
 
     // Routing works before the outage.
     let before = orders(&world, &mut traffic, 0, 40);
-    send_all(&world, &producer, &before).await;
+    world.send_all(&producer, &before).await;
     check_exactly_once(&world, &traffic);
 
     // A burst the router is still working on when the broker goes away.
     let burst = orders(&world, &mut traffic, 40, 120);
-    send_all(&world, &producer, &burst).await;
+    world.send_all(&producer, &burst).await;
     broker.stop();
     let down = Instant::now();
     while down.elapsed() < OUTAGE {
@@ -185,7 +163,7 @@ async fn router_rides_out_a_broker_outage_and_routes_exactly_once() {
             &samples::work_order(&format!("WO-{i:05}"), site, trade),
         ));
     }
-    send_all(&world, &producer, &after).await;
+    world.send_all(&producer, &after).await;
     check_exactly_once(&world, &traffic);
     assert!(
         router.is_running(),

@@ -378,6 +378,28 @@ listen = "off"
         self.send_raw(producer, Some(key.as_bytes()), &bytes).await
     }
 
+    /// Enqueues every (key, value) record to the input at once, then awaits
+    /// every delivery: a burst, in order within each partition.
+    pub async fn send_all(&self, producer: &FutureProducer, records: &[(String, Vec<u8>)]) {
+        let deliveries: Vec<_> = records
+            .iter()
+            .map(|(key, value)| {
+                let record = FutureRecord::to(&self.topology.input.name)
+                    .key(key.as_bytes())
+                    .payload(value.as_slice());
+                producer
+                    .send_result(record)
+                    .unwrap_or_else(|(e, _)| panic!("enqueue failed: {e}"))
+            })
+            .collect();
+        for delivery in deliveries {
+            delivery
+                .await
+                .expect("producer alive")
+                .unwrap_or_else(|(e, _)| panic!("delivery failed: {e}"));
+        }
+    }
+
     /// Sends raw bytes to the input; returns (partition, offset).
     pub async fn send_raw(
         &self,
