@@ -21,7 +21,7 @@ use cmms_router::model::{samples, DeadLetterReason, NormalizedWorkOrder};
 use cmms_router::replay::{self, Source};
 use cmms_router::telemetry::now_millis;
 use cmms_router::topology::TradeRoute;
-use common::{check_exactly_once, RouterProcess, Traffic, World, READ};
+use common::{check_exactly_once, log_tail, RouterProcess, Traffic, World, READ};
 use rdkafka::producer::FutureProducer;
 
 /// Router log level: debug shows each duplicate and skipped record.
@@ -89,7 +89,10 @@ fn nyc311_orders() -> Option<Vec<NormalizedWorkOrder>> {
 
 /// What the router must make of `orders`, decided by the library's own
 /// validation: rows without an address are expected as dead letters.
-fn expected(world: &World, orders: &[NormalizedWorkOrder]) -> Traffic {
+fn expected<'a>(
+    world: &World,
+    orders: impl IntoIterator<Item = &'a NormalizedWorkOrder>,
+) -> Traffic {
     let mut traffic = Traffic {
         valid: BTreeMap::new(),
         bad: Vec::new(),
@@ -123,16 +126,12 @@ async fn send_orders<'a>(
     let mut resends = Vec::new();
     let mut resent = Vec::new();
     for (i, order) in orders.iter().enumerate() {
-        let key = order
-            .site_id
-            .clone()
-            .unwrap_or_else(|| order.order_id.clone());
-        let bytes = world.codec.encode_work_order(order).expect("encode");
+        let record = world.input_record(order);
         if i % 17 == 3 {
-            resends.push((key.clone(), bytes.clone()));
+            resends.push(record.clone());
             resent.push(order);
         }
-        burst.push((key, bytes));
+        burst.push(record);
         if burst.len() >= BURST {
             world.send_all(producer, &burst).await;
             burst = std::mem::take(&mut resends);
@@ -251,7 +250,7 @@ async fn replayed_nyc311_day_survives_kills_exactly_once() {
     );
     // A re-sent routable order is a duplicate; a re-sent bad record is a
     // record of its own and is dead-lettered again.
-    let bad_again = expected(&world, &resent.into_iter().cloned().collect::<Vec<_>>()).bad;
+    let bad_again = expected(&world, resent).bad;
     traffic.bad.extend(bad_again);
 
     let packets = check_exactly_once(&world, &traffic);
@@ -354,12 +353,6 @@ async fn a_second_instance_takes_over_a_killed_ones_partitions_exactly_once() {
     b.stop();
 }
 
-/// The last 40 lines of a router log above debug level, for failure messages.
-fn log_tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().filter(|l| !l.contains(" DEBUG ")).collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
 fn log_has(log: &Path, text: &str) -> bool {
     std::fs::read_to_string(log).is_ok_and(|l| l.contains(text))
 }
@@ -422,22 +415,18 @@ async fn a_paused_instance_loses_its_partitions_and_output_stays_exactly_once() 
     };
     // The zombie notices when librdkafka next talks to the group.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let log = loop {
-        let log = std::fs::read_to_string(&a.log).unwrap_or_default();
-        if log.contains("partitions gone without a handover") || !a.is_running() {
-            break log;
-        }
+    while !log_has(&a.log, "partitions gone without a handover") && a.is_running() {
         assert!(
             Instant::now() < deadline,
             "no loss noticed; the log ends:\n{}",
-            log_tail(&log)
+            log_tail(&a.log)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
     assert!(
         a.is_running(),
         "the resumed instance goes on; its log ends:\n{}",
-        log_tail(&log)
+        log_tail(&a.log)
     );
     check_exactly_once(&world, &traffic);
     b.stop();

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cmms_router::model::{samples, DeadLetterReason, NormalizedWorkOrder};
-use common::{check_exactly_once, RouterProcess, Traffic, World};
+use cmms_router::model::{samples, DeadLetterReason};
+use common::{check_exactly_once, log_tail, RouterProcess, Traffic, World};
 
 /// How long the broker stays down: longer than librdkafka's request
 /// timeouts, shorter than the tests' 30 s transaction timeout.
@@ -94,7 +94,7 @@ fn orders(
     for i in first..first + count {
         let (site, trade) = (format!("SITE-{}", i % 4), trades[i % trades.len()]);
         let order = samples::work_order(&format!("WO-{i:05}"), &site, trade);
-        records.push(record(world, &order));
+        records.push(world.input_record(&order));
         traffic
             .valid
             .insert(order.order_id, (site, trade.to_string()));
@@ -105,11 +105,6 @@ fn orders(
         }
     }
     records
-}
-
-fn record(world: &World, order: &NormalizedWorkOrder) -> (String, Vec<u8>) {
-    let key = order.site_id.clone().unwrap_or_default();
-    (key, world.codec.encode_work_order(order).expect("encode"))
 }
 
 fn write_config(world: &World, state: &Path) -> PathBuf {
@@ -147,7 +142,7 @@ async fn router_rides_out_a_broker_outage_and_routes_exactly_once() {
         assert!(
             router.is_running(),
             "the router exited during the outage; its log ends:\n{}",
-            tail(&log)
+            log_tail(&log)
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -158,30 +153,20 @@ async fn router_rides_out_a_broker_outage_and_routes_exactly_once() {
     let mut after = orders(&world, &mut traffic, 160, 40);
     for i in (0..160).step_by(9) {
         let (site, trade) = &traffic.valid[&format!("WO-{i:05}")];
-        after.push(record(
-            &world,
-            &samples::work_order(&format!("WO-{i:05}"), site, trade),
-        ));
+        after.push(world.input_record(&samples::work_order(&format!("WO-{i:05}"), site, trade)));
     }
     world.send_all(&producer, &after).await;
     check_exactly_once(&world, &traffic);
     assert!(
         router.is_running(),
         "the router is still up; its log ends:\n{}",
-        tail(&log)
+        log_tail(&log)
     );
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         text.contains("transaction aborted") || text.contains("retrying"),
         "the outage was noticed and retried; the log ends:\n{}",
-        tail(&log)
+        log_tail(&log)
     );
     router.stop();
-}
-
-/// The router log's last 40 lines above debug level.
-fn tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.contains(" DEBUG ")).collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }

@@ -171,6 +171,13 @@ pub fn check_exactly_once(world: &World, traffic: &Traffic) -> Vec<(String, Disp
     packets
 }
 
+/// The last 40 lines of a router log above debug level, for failure messages.
+pub fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.contains(" DEBUG ")).collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
 /// One test's world: its own topics, group, transactional id and temp dir.
 pub struct World {
     pub id: String,
@@ -370,12 +377,18 @@ listen = "off"
         producer: &FutureProducer,
         order: &NormalizedWorkOrder,
     ) -> (i32, i64) {
-        let bytes = self.codec.encode_work_order(order).expect("encode");
+        let (key, bytes) = self.input_record(order);
+        self.send_raw(producer, Some(key.as_bytes()), &bytes).await
+    }
+
+    /// The input record of `order`: keyed by its site (by its id when it
+    /// has none), valued with its Avro bytes.
+    pub fn input_record(&self, order: &NormalizedWorkOrder) -> (String, Vec<u8>) {
         let key = order
             .site_id
             .clone()
             .unwrap_or_else(|| order.order_id.clone());
-        self.send_raw(producer, Some(key.as_bytes()), &bytes).await
+        (key, self.codec.encode_work_order(order).expect("encode"))
     }
 
     /// Enqueues every (key, value) record to the input at once, then awaits
